@@ -1,0 +1,105 @@
+"""``Trainer``: detectron2's DefaultTrainer wired for the open-vocabulary methods."""
+import logging
+import weakref
+from collections import OrderedDict
+
+import torch
+from detectron2.data import build_detection_test_loader
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.solver import build_lr_scheduler
+from detectron2.utils import comm
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data.loader import build_resumable_train_loader
+from ..data.mappers import SemanticSegmentationMapper
+from ..meta_arch.base import vocabulary_of
+from .checkpointer import ConvertingCheckpointer
+from .evaluation import build_sem_seg_evaluator, format_summary_table
+from .optimizer import build_optimizer
+
+__all__ = ["Trainer", "unwrap_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap_model(model):
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with the sed_d2 mapper, optimizer, checkpointer and evaluation.
+
+    Evaluation sets each test dataset's own vocabulary on the model before running it, so
+    every benchmark of ``DATASETS.TEST`` is evaluated in one process, and prints one summary
+    table at the end.
+    """
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        # Same arguments as DefaultTrainer's checkpointer; ours also reads official files.
+        self.checkpointer = ConvertingCheckpointer(
+            self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+
+    def build_train_loader(self, cfg):
+        # An instance method (DefaultTrainer calls it on self) so the sampler stays reachable
+        # for resume_or_load: the stream depends only on (SEED, position), see data/loader.py.
+        loader, self._train_sampler = build_resumable_train_loader(
+            cfg, SemanticSegmentationMapper(cfg)
+        )
+        return loader
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        # Workers start on the first step, after this: they skip what earlier runs consumed.
+        self._train_sampler.set_start_iter(self.start_iter)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(
+            cfg, dataset_name, batch_size=cfg.TEST.IMS_PER_BATCH
+        )
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_sem_seg_evaluator(dataset_name, output_dir=output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate every dataset of ``cfg.DATASETS.TEST``, each with its own vocabulary.
+
+        Returns ``{dataset_name: {"sem_seg": {...}}}`` (detectron2 collapses a single dataset
+        to its own dict; we keep the nesting only when there are several, like DefaultTrainer).
+        """
+        segmentor = unwrap_model(model)
+        previous_vocabulary = segmentor.test_vocabulary
+        results = OrderedDict()
+        try:
+            for idx, dataset_name in enumerate(cfg.DATASETS.TEST):
+                segmentor.set_vocabulary(vocabulary_of(dataset_name))
+                data_loader = cls.build_test_loader(cfg, dataset_name)
+                evaluator = (
+                    evaluators[idx] if evaluators is not None else cls.build_evaluator(cfg, dataset_name)
+                )
+                results[dataset_name] = inference_on_dataset(model, data_loader, evaluator)
+                if comm.is_main_process():
+                    logger.info(f"Evaluation results for {dataset_name} in csv format:")
+                    print_csv_format(results[dataset_name])
+        finally:
+            if previous_vocabulary is not None:
+                segmentor.set_vocabulary(previous_vocabulary)
+        if comm.is_main_process() and results:
+            table = format_summary_table(results)
+            logger.info("Summary over all test datasets (mIoU etc. in %):\n" + table)
+        if len(results) == 1:
+            return list(results.values())[0]
+        return results

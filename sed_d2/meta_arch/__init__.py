@@ -1,0 +1,5 @@
+"""Detectron2 meta-architectures, one thin module per method (importing registers them)."""
+from .base import OpenVocabSegmentor, validate_vocabulary, vocabulary_of
+from .sed import SED
+
+__all__ = ["OpenVocabSegmentor", "SED", "validate_vocabulary", "vocabulary_of"]

@@ -1,0 +1,243 @@
+"""``OpenVocabSegmentor``: the detectron2 side every method shares.
+
+It turns detectron2's ``batched_inputs`` into tensors (CLIP normalisation, resize to the CLIP
+resolution), owns the vocabulary and its cached text embeddings, runs the method under the
+configured precision, and post-processes per image back to each image's original size.
+A method subclass only provides ``clip_model``, ``forward_train`` and ``forward_test``.
+"""
+from contextlib import nullcontext
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..clip import TextEncoder, get_templates
+
+__all__ = [
+    "OpenVocabSegmentor",
+    "base_arguments_from_config",
+    "validate_vocabulary",
+    "vocabulary_of",
+]
+
+_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def validate_vocabulary(class_names: Sequence[str]) -> List[str]:
+    """Return the vocabulary as a list, or raise ValueError naming what is wrong with it."""
+    if isinstance(class_names, str):
+        raise ValueError(
+            "the vocabulary must be a list of class names, got one string "
+            f"{class_names!r}; split it first (synonyms of one class are joined by ', ')"
+        )
+    names = [str(n) for n in class_names]
+    if not names:
+        raise ValueError("the vocabulary is empty: give at least one class name")
+    empty = [i for i, n in enumerate(names) if not n.strip()]
+    if empty:
+        raise ValueError(f"the vocabulary has empty class names at positions {empty}")
+    seen, duplicated = set(), []
+    for n in names:
+        key = n.strip().lower()
+        if key in seen:
+            duplicated.append(n)
+        seen.add(key)
+    if duplicated:
+        raise ValueError(f"the vocabulary has duplicated class names: {sorted(set(duplicated))}")
+    return names
+
+
+def vocabulary_of(dataset_name: str) -> List[str]:
+    """The class names (``stuff_classes``) of a registered dataset."""
+    from detectron2.data import MetadataCatalog
+
+    meta = MetadataCatalog.get(dataset_name)
+    classes = getattr(meta, "stuff_classes", None)
+    if not classes:
+        raise KeyError(
+            f"dataset '{dataset_name}' has no 'stuff_classes' in its MetadataCatalog entry; "
+            "is it registered by sed_d2 (import sed_d2) or by your own code?"
+        )
+    return list(classes)
+
+
+def _parse_precision(value: str, key: str):
+    if value not in _PRECISIONS:
+        raise ValueError(f"{key} must be one of {sorted(_PRECISIONS)}, got {value!r}")
+    return _PRECISIONS[value]
+
+
+class OpenVocabSegmentor(nn.Module):
+    """Base meta-architecture: images + vocabulary in, per-class scores out.
+
+    Subclasses implement:
+      * ``clip_model`` (property): the open_clip model whose text tower encodes the vocabulary;
+      * ``forward_train(images, text_embeddings, targets) -> dict of losses``;
+      * ``forward_test(images, text_embeddings) -> (B, T, h, w)`` class probabilities in [0, 1].
+    """
+
+    def __init__(
+        self,
+        *,
+        clip_pixel_mean: Sequence[float],
+        clip_pixel_std: Sequence[float],
+        clip_resolution: Tuple[int, int],
+        prompt_templates: str,
+        train_vocabulary: Optional[Sequence[str]],
+        test_vocabulary: Optional[Sequence[str]],
+        ignore_value: int,
+        train_precision: str = "fp32",
+        test_precision: str = "fp32",
+    ):
+        """
+        Args:
+            clip_pixel_mean, clip_pixel_std: CLIP normalisation of 0-255 RGB pixels.
+            clip_resolution: (H, W) every image is resized to before CLIP.
+            prompt_templates: name of a template set (``sed_d2.clip.get_templates``).
+            train_vocabulary: class names of the training dataset (index = label id).
+            test_vocabulary: class names used at inference until ``set_vocabulary`` changes them.
+            ignore_value: label value of ignored pixels in training targets.
+            train_precision, test_precision: "fp32" or "bf16" autocast.
+        """
+        super().__init__()
+        self.register_buffer("pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(clip_pixel_std).view(-1, 1, 1), False)
+        self.clip_resolution = tuple(int(s) for s in clip_resolution)
+        self.templates = get_templates(prompt_templates)
+        self.train_vocabulary = (
+            validate_vocabulary(train_vocabulary) if train_vocabulary is not None else None
+        )
+        self.test_vocabulary = (
+            validate_vocabulary(test_vocabulary) if test_vocabulary is not None else None
+        )
+        self.ignore_value = ignore_value
+        self.train_dtype = _parse_precision(train_precision, "MODEL.OVSEG.TRAIN_PRECISION")
+        self.test_dtype = _parse_precision(test_precision, "MODEL.OVSEG.TEST_PRECISION")
+        self._text_encoder: Optional[TextEncoder] = None
+
+    # ------------------------------------------------------------------ vocabulary
+    @property
+    def clip_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        # Built on first use: the CLIP model exists only after the subclass __init__.
+        if self._text_encoder is None:
+            self._text_encoder = TextEncoder(self.clip_model, self.templates)
+            self._text_encoder.invalidate_on_load(self)
+        return self._text_encoder
+
+    def set_vocabulary(self, class_names: Sequence[str]) -> None:
+        """Use these class names at inference (synonyms within a name joined by ', ')."""
+        self.test_vocabulary = validate_vocabulary(class_names)
+
+    @property
+    def vocabulary(self) -> List[str]:
+        """The class names of the current mode (training or inference)."""
+        vocab = self.train_vocabulary if self.training else self.test_vocabulary
+        if vocab is None:
+            mode = "training" if self.training else "inference"
+            hint = "DATASETS.TRAIN" if self.training else "DATASETS.TEST or set_vocabulary()"
+            raise RuntimeError(f"no {mode} vocabulary: set {hint}")
+        return vocab
+
+    def text_embeddings(self) -> torch.Tensor:
+        """(T, P, C) L2-normalised embeddings of the current vocabulary, cached per vocabulary."""
+        return self.text_encoder(self.vocabulary)
+
+    # ------------------------------------------------------------------ tensors
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess_images(self, batched_inputs: List[Dict]) -> torch.Tensor:
+        """CLIP-normalise each image and resize it to the CLIP resolution: (B, 3, H, W).
+
+        Each image is resized on its own (bilinear, no antialias, like the official code), so
+        images of different sizes batch together without padding.
+        """
+        images = []
+        for x in batched_inputs:
+            image = x["image"].to(self.device, non_blocking=True).float()
+            image = (image - self.pixel_mean) / self.pixel_std
+            if tuple(image.shape[-2:]) != self.clip_resolution:
+                image = F.interpolate(
+                    image[None], size=self.clip_resolution, mode="bilinear", align_corners=False
+                )[0]
+            images.append(image)
+        return torch.stack(images)
+
+    def preprocess_targets(self, batched_inputs: List[Dict]) -> torch.Tensor:
+        """(B, H, W) int64 labels; all training images share one size (crop + pad in the mapper)."""
+        targets = [x["sem_seg"].to(self.device, non_blocking=True) for x in batched_inputs]
+        sizes = {tuple(t.shape) for t in targets}
+        if len(sizes) != 1:
+            raise ValueError(
+                f"training labels of one batch must share one size, got {sorted(sizes)}; "
+                "enable INPUT.CROP so the mapper crops and pads to INPUT.CROP.SIZE"
+            )
+        return torch.stack(targets).long()
+
+    def postprocess(self, probs: torch.Tensor, batched_inputs: List[Dict]) -> List[Dict]:
+        """Resize each image's (T, h, w) probabilities to its original (height, width)."""
+        results = []
+        for prob, x in zip(probs, batched_inputs):
+            height = x.get("height", x["image"].shape[-2])
+            width = x.get("width", x["image"].shape[-1])
+            prob = F.interpolate(
+                prob[None].float(), size=(height, width), mode="bilinear", align_corners=False
+            )[0]
+            results.append({"sem_seg": prob})
+        return results
+
+    def _autocast(self, dtype):
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batched_inputs: List[Dict]):
+        """
+        Args:
+            batched_inputs: detectron2 dicts with "image" (3, H, W) uint8 RGB, in training
+                "sem_seg" (H, W) labels, at inference optionally "height"/"width".
+        Returns:
+            training: dict of named losses. Inference: one ``{"sem_seg": (T, height, width)}``
+            per image, class probabilities at the original image size.
+        """
+        images = self.preprocess_images(batched_inputs)
+        text = self.text_embeddings()
+        if self.training:
+            targets = self.preprocess_targets(batched_inputs)
+            with self._autocast(self.train_dtype):
+                losses = self.forward_train(images, text, targets)
+            return {k: v.float() for k, v in losses.items()}
+        with self._autocast(self.test_dtype):
+            probs = self.forward_test(images, text)
+        return self.postprocess(probs, batched_inputs)
+
+    def forward_train(self, images, text_embeddings, targets) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward_test(self, images, text_embeddings) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def base_arguments_from_config(cfg) -> dict:
+    """Arguments of :class:`OpenVocabSegmentor` read from the config (shared by all methods)."""
+    ovseg = cfg.MODEL.OVSEG
+    train_vocab = vocabulary_of(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
+    test_vocab = vocabulary_of(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else train_vocab
+    return {
+        "clip_pixel_mean": ovseg.CLIP_PIXEL_MEAN,
+        "clip_pixel_std": ovseg.CLIP_PIXEL_STD,
+        "clip_resolution": tuple(ovseg.CLIP_RESOLUTION),
+        "prompt_templates": ovseg.PROMPT_TEMPLATES,
+        "train_vocabulary": train_vocab,
+        "test_vocabulary": test_vocab,
+        "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        "train_precision": ovseg.TRAIN_PRECISION,
+        "test_precision": ovseg.TEST_PRECISION,
+    }

@@ -1,0 +1,93 @@
+"""SED as a detectron2 meta-architecture (registered name ``SED``)."""
+from typing import Dict
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+
+from ..clip import build_clip_model, get_templates
+from ..models.sed import SEDModel, build_sed_decoder_for
+from .base import OpenVocabSegmentor, base_arguments_from_config
+
+__all__ = ["SED"]
+
+
+@META_ARCH_REGISTRY.register()
+class SED(OpenVocabSegmentor):
+    """SED: hierarchical encoder + gradual fusion decoder + category early rejection.
+
+    :paper: https://arxiv.org/abs/2311.15537. The network itself (tensors in, logits and
+    losses out) is ``sed_d2.models.sed.SEDModel``, held as ``self.model``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        model: SEDModel,
+        cer_topk: int = 0,
+        ignore_as_negative: bool = True,
+        **kwargs,
+    ):
+        """
+        Args:
+            model: the SED network (CLIP + decoder).
+            cer_topk: category early rejection at inference: keep a class if it is in the
+                top-k of at least one pixel at each rejection point; 0 = off.
+            ignore_as_negative: ignored pixels count as all-negative BCE targets (official).
+            kwargs: arguments of :class:`OpenVocabSegmentor`.
+        """
+        super().__init__(**kwargs)
+        self.model = model
+        self.cer_topk = cer_topk
+        self.ignore_as_negative = ignore_as_negative
+
+    @classmethod
+    def from_config(cls, cfg):
+        ovseg, sed = cfg.MODEL.OVSEG, cfg.MODEL.SED
+        clip_model = build_clip_model(
+            ovseg.CLIP_MODEL,
+            ovseg.CLIP_PRETRAINED,
+            drop_path_rate=ovseg.CLIP_DROP_PATH_RATE,
+            head_dropout=ovseg.CLIP_HEAD_DROPOUT,
+        )
+        decoder = build_sed_decoder_for(
+            clip_model,
+            num_templates=len(get_templates(ovseg.PROMPT_TEMPLATES)),
+            hidden_dim=sed.HIDDEN_DIM,
+            cost_embed_kernel=sed.COST_EMBED_KERNEL,
+            decoder_dims=tuple(sed.DECODER_DIMS),
+            skip_proj_dims=tuple(sed.SKIP_PROJ_DIMS),
+            cost_guidance_dims=tuple(sed.COST_GUIDANCE_DIMS),
+            num_heads=sed.NUM_HEADS,
+            kernel_size=sed.KERNEL_SIZE,
+            pooling_size=tuple(sed.POOLING_SIZE),
+            test_pooling_size=tuple(sed.TEST_POOLING_SIZE),
+        )
+        return {
+            "model": SEDModel(clip_model, decoder, clip_finetune=ovseg.CLIP_FINETUNE),
+            "cer_topk": sed.CER_TOPK,
+            "ignore_as_negative": sed.IGNORE_AS_NEGATIVE,
+            **base_arguments_from_config(cfg),
+        }
+
+    @property
+    def clip_model(self):
+        return self.model.clip_model
+
+    @property
+    def parameter_groups(self) -> Dict[str, str]:
+        """Parameter name (as in ``self.named_parameters()``) -> "frozen" | "clip" | "decoder"."""
+        return {f"model.{k}": v for k, v in self.model.parameter_groups.items()}
+
+    def forward_train(self, images, text_embeddings, targets):
+        output = self.model(images, text_embeddings)
+        return self.model.losses(
+            output, targets, self.ignore_value, ignore_as_negative=self.ignore_as_negative
+        )
+
+    def forward_test(self, images, text_embeddings) -> torch.Tensor:
+        output = self.model(images, text_embeddings, cer_topk=self.cer_topk)
+        # Sigmoid before resizing: rejected classes carry -inf logits and become exactly 0.
+        return output.logits.sigmoid()
+

@@ -1,0 +1,27 @@
+"""Test-wide setup: CPU only, a small synthetic dataset, and a visible detectron2 skip reason."""
+import os
+
+# Tests run on CPU whatever the machine has; GPU speed is measured by tools/benchmark.py.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+try:
+    import detectron2  # noqa: F401
+except ImportError:
+    HAS_DETECTRON2 = False
+else:
+    HAS_DETECTRON2 = True
+
+DETECTRON2_SKIP_REASON = (
+    "detectron2 is not installed: install it from https://github.com/facebookresearch/detectron2 "
+    "(see README) to run the detectron2 integration tests"
+)
+requires_detectron2 = pytest.mark.skipif(not HAS_DETECTRON2, reason=DETECTRON2_SKIP_REASON)
+
+
+def pytest_report_header(config):
+    return f"detectron2: {'present' if HAS_DETECTRON2 else 'ABSENT -> integration tests skip'}"
