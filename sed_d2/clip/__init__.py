@@ -1,1 +1,45 @@
-"""Everything about CLIP, built on pip ``open_clip_torch`` (never vendored or patched)."""
+"""Everything about CLIP, built on pip ``open_clip_torch`` (never vendored or patched).
+
+- ``build_clip_model``: an open_clip model by architecture name, weights from an
+  open_clip tag or a local file (``build.py``).
+- ``convnext_dense_features`` / ``dense_feature_channels``: multi-scale ConvNeXt features
+  and the per-pixel CLIP embedding, computed around the stock modules (``dense.py``).
+- ``TextEncoder``: vocabulary -> (T, P, C) text embeddings with synonyms and a cache
+  (``text.py``); ``get_templates`` / ``IMAGENET_TEMPLATES``: prompt sets (``templates.py``).
+
+Importing this package registers the tiny sed_d2 architectures (``model_configs/``)
+with open_clip, so ``open_clip.create_model("sed_d2_tiny_convnext")`` works too.
+"""
+
+from .build import build_clip_model, register_model_configs
+from .dense import (
+    DENSE_FEATURE_NAMES,
+    convnext_dense_features,
+    dense_feature_channels,
+    dense_feature_strides,
+)
+from .templates import (
+    IMAGENET_SELECT_TEMPLATES,
+    IMAGENET_TEMPLATES,
+    SINGLE_TEMPLATE,
+    get_templates,
+)
+from .text import TextCacheInfo, TextEncoder, validate_vocabulary
+
+register_model_configs()
+
+__all__ = [
+    "build_clip_model",
+    "register_model_configs",
+    "DENSE_FEATURE_NAMES",
+    "convnext_dense_features",
+    "dense_feature_channels",
+    "dense_feature_strides",
+    "IMAGENET_TEMPLATES",
+    "IMAGENET_SELECT_TEMPLATES",
+    "SINGLE_TEMPLATE",
+    "get_templates",
+    "TextEncoder",
+    "TextCacheInfo",
+    "validate_vocabulary",
+]

@@ -1,0 +1,147 @@
+"""Prompt template sets used to turn class names into CLIP text queries.
+
+The strings are data: they are taken verbatim (including their inconsistent
+punctuation and capitalisation) from the official SED code
+(``sed/third_party/imagenet_templates.py``), which took the 80 ImageNet templates
+from OpenAI's CLIP prompt-engineering notebook. Changing a single character
+changes the text embeddings and therefore the numbers of released checkpoints.
+
+Every set is a tuple so that no caller can alter the shared module-level data;
+``get_templates`` hands out a fresh list.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "IMAGENET_TEMPLATES",
+    "IMAGENET_SELECT_TEMPLATES",
+    "SINGLE_TEMPLATE",
+    "TEMPLATE_SETS",
+    "get_templates",
+]
+
+# The 80 OpenAI ImageNet templates, in the official SED order. With
+# PROMPT_ENSEMBLE_TYPE "imagenet" each template becomes one of SED's P = 80 prompt
+# channels, so the order is part of a trained model.
+IMAGENET_TEMPLATES = (
+    'a bad photo of a {}.',
+    'a photo of many {}.',
+    'a sculpture of a {}.',
+    'a photo of the hard to see {}.',
+    'a low resolution photo of the {}.',
+    'a rendering of a {}.',
+    'graffiti of a {}.',
+    'a bad photo of the {}.',
+    'a cropped photo of the {}.',
+    'a tattoo of a {}.',
+    'the embroidered {}.',
+    'a photo of a hard to see {}.',
+    'a bright photo of a {}.',
+    'a photo of a clean {}.',
+    'a photo of a dirty {}.',
+    'a dark photo of the {}.',
+    'a drawing of a {}.',
+    'a photo of my {}.',
+    'the plastic {}.',
+    'a photo of the cool {}.',
+    'a close-up photo of a {}.',
+    'a black and white photo of the {}.',
+    'a painting of the {}.',
+    'a painting of a {}.',
+    'a pixelated photo of the {}.',
+    'a sculpture of the {}.',
+    'a bright photo of the {}.',
+    'a cropped photo of a {}.',
+    'a plastic {}.',
+    'a photo of the dirty {}.',
+    'a jpeg corrupted photo of a {}.',
+    'a blurry photo of the {}.',
+    'a photo of the {}.',
+    'a good photo of the {}.',
+    'a rendering of the {}.',
+    'a {} in a video game.',
+    'a photo of one {}.',
+    'a doodle of a {}.',
+    'a close-up photo of the {}.',
+    'a photo of a {}.',
+    'the origami {}.',
+    'the {} in a video game.',
+    'a sketch of a {}.',
+    'a doodle of the {}.',
+    'a origami {}.',
+    'a low resolution photo of a {}.',
+    'the toy {}.',
+    'a rendition of the {}.',
+    'a photo of the clean {}.',
+    'a photo of a large {}.',
+    'a rendition of a {}.',
+    'a photo of a nice {}.',
+    'a photo of a weird {}.',
+    'a blurry photo of a {}.',
+    'a cartoon {}.',
+    'art of a {}.',
+    'a sketch of the {}.',
+    'a embroidered {}.',
+    'a pixelated photo of a {}.',
+    'itap of the {}.',
+    'a jpeg corrupted photo of the {}.',
+    'a good photo of a {}.',
+    'a plushie {}.',
+    'a photo of the nice {}.',
+    'a photo of the small {}.',
+    'a photo of the weird {}.',
+    'the cartoon {}.',
+    'art of the {}.',
+    'a drawing of the {}.',
+    'a photo of the large {}.',
+    'a black and white photo of a {}.',
+    'the plushie {}.',
+    'a dark photo of a {}.',
+    'itap of a {}.',
+    'graffiti of the {}.',
+    'a toy {}.',
+    'itap of my {}.',
+    'a photo of a cool {}.',
+    'a photo of a small {}.',
+    'a tattoo of the {}.',
+)
+# SED's 8-template subset (PROMPT_ENSEMBLE_TYPE "imagenet_select"; the "v1" set,
+# the only one not commented out in the official file).
+IMAGENET_SELECT_TEMPLATES = (
+    'itap of a {}.',
+    'a bad photo of the {}.',
+    'a origami {}.',
+    'a photo of the large {}.',
+    'a {} in a video game.',
+    'art of the {}.',
+    'a photo of the small {}.',
+    'A photo of a {} in the scene',
+)
+
+# SED's PROMPT_ENSEMBLE_TYPE "single". No trailing period: that is how the official
+# code spells it.
+SINGLE_TEMPLATE = ("A photo of a {} in the scene",)
+
+# Name -> template set; the names are the values of SED's PROMPT_ENSEMBLE_TYPE.
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "imagenet": IMAGENET_TEMPLATES,
+    "imagenet_select": IMAGENET_SELECT_TEMPLATES,
+    "single": SINGLE_TEMPLATE,
+}
+
+
+def get_templates(name: str) -> list[str]:
+    """Return a fresh list with the template set called ``name``.
+
+    Args:
+        name: one of ``"imagenet"`` (80), ``"imagenet_select"`` (8), ``"single"`` (1).
+
+    Raises:
+        ValueError: for an unknown name; the message lists the valid ones.
+    """
+    try:
+        return list(TEMPLATE_SETS[name])
+    except KeyError:
+        raise ValueError(
+            f"Unknown prompt template set {name!r}; valid names: {sorted(TEMPLATE_SETS)}"
+        ) from None

@@ -1,0 +1,293 @@
+"""Class names -> CLIP text embeddings, one per prompt template, cached per vocabulary.
+
+The vocabulary is data, not model state: the same model segments with any list of class
+names, and the embeddings are computed on first use, cached in memory and never saved in
+a checkpoint. This follows the official SED ``class_embeddings`` exactly:
+
+* a class name may hold synonyms separated by ", " (e.g. ``"person, child, girl"``);
+* for each template and synonym, ``template.format(synonym)`` is encoded by the CLIP text
+  tower and L2-normalised;
+* synonyms of one template are averaged and the mean is L2-normalised again;
+* templates are *not* averaged: each stays a separate channel, giving (T, P, C).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import weakref
+from typing import Any, Callable, NamedTuple, Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+__all__ = ["TextEncoder", "TextCacheInfo", "SYNONYM_SEPARATOR"]
+
+# Separator of synonyms inside one class name (the official SED class lists use it).
+SYNONYM_SEPARATOR = ", "
+
+Tokenizer = Callable[[list[str]], torch.Tensor]
+
+
+class TextCacheInfo(NamedTuple):
+    """Statistics of a TextEncoder's cache, shaped like ``functools.lru_cache``'s."""
+
+    hits: int
+    misses: int
+    maxsize: int
+    currsize: int
+
+
+class TextEncoder:
+    """Turns a vocabulary (class names) into per-template CLIP text embeddings.
+
+    A plain Python object on purpose, not an ``nn.Module``: it only *refers* to a CLIP
+    model that its owner registers as a submodule already. Were it a module, the CLIP
+    weights would appear twice in the owner's state_dict; and the cache, which is a
+    function of the vocabulary, must never be saved with the weights.
+
+    The text tower is run under ``torch.no_grad()``; freezing its parameters is the
+    caller's business. Results are cached per (vocabulary, device, text-tower dtype) in
+    a small LRU cache. The cache is cleared whenever ``load_state_dict`` runs on the CLIP
+    model or on any module containing it (torch calls the load post-hooks of every
+    submodule it loads), so weights loaded after a first encoding, e.g. from a
+    checkpoint, never leave stale embeddings behind.
+
+    Args:
+        clip_model: an open_clip ``CLIP`` / ``CustomTextCLIP`` (anything with
+            ``encode_text``); embeddings are produced on its text tower's device.
+        templates: P prompt templates, each with one ``{}`` for the class name.
+        tokenizer: callable ``list[str] -> LongTensor (N, context_length)``. Default:
+            ``open_clip.get_tokenizer(model_name)`` when ``model_name`` is given, else
+            open_clip's generic CLIP BPE tokenizer with the model's context length.
+        model_name: open_clip architecture name, used only to pick the tokenizer.
+        batch_size: number of texts encoded per forward pass of the text tower.
+        max_cache_entries: vocabularies kept in the cache (least recently used evicted).
+        progress: show a progress bar; ``None`` shows one only for more than
+            ``PROGRESS_MIN_TEXTS`` texts (e.g. 847 classes x 80 templates).
+    """
+
+    PROGRESS_MIN_TEXTS = 2000
+
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        templates: Sequence[str],
+        tokenizer: Tokenizer | None = None,
+        model_name: str | None = None,
+        *,
+        batch_size: int = 256,
+        max_cache_entries: int = 8,
+        progress: bool | None = None,
+    ) -> None:
+        if tokenizer is not None and model_name is not None:
+            raise ValueError("Pass either tokenizer or model_name (which selects open_clip's tokenizer), not both")
+        if batch_size < 1 or max_cache_entries < 1:
+            raise ValueError(f"batch_size and max_cache_entries must be >= 1, got {batch_size}, {max_cache_entries}")
+        self.clip_model = clip_model
+        self.templates: tuple[str, ...] = _checked_templates(templates)
+        if tokenizer is None:
+            tokenizer = _open_clip_tokenizer(model_name, getattr(clip_model, "context_length", None))
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_cache_entries = max_cache_entries
+        self.progress = progress
+        self._cache: collections.OrderedDict[tuple, torch.Tensor] = collections.OrderedDict()
+        self._hits = 0
+        self._misses = 0
+        self.invalidate_on_load(clip_model)
+
+    @property
+    def num_templates(self) -> int:
+        """P, the number of prompt templates (SED's ``prompt_channel``)."""
+        return len(self.templates)
+
+    def __call__(self, class_names: Sequence[str]) -> torch.Tensor:
+        """Embed a vocabulary.
+
+        Args:
+            class_names: T class names; synonyms inside one name separated by ", ".
+
+        Returns:
+            (T, P, C) float32 tensor on the text tower's device, L2-normalised along C.
+            It may be the cached tensor itself: treat it as read-only.
+        """
+        names = validate_vocabulary(class_names)
+        weight = _text_tower_weight(self.clip_model)
+        key = (names, weight.device, weight.dtype)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._hits += 1
+            self._cache.move_to_end(key)
+            return cached
+        self._misses += 1
+        embeddings = self._encode_vocabulary(names, weight.device)
+        self._cache[key] = embeddings
+        while len(self._cache) > self.max_cache_entries:
+            self._cache.popitem(last=False)
+        return embeddings
+
+    def cache_info(self) -> TextCacheInfo:
+        return TextCacheInfo(self._hits, self._misses, self.max_cache_entries, len(self._cache))
+
+    def clear_cache(self) -> None:
+        """Forget every cached vocabulary (the hit/miss counters are kept)."""
+        self._cache.clear()
+
+    def invalidate_on_load(self, module: nn.Module) -> torch.utils.hooks.RemovableHandle:
+        """Clear this encoder's cache after every ``module.load_state_dict``.
+
+        The constructor already does this for the CLIP model itself, which also covers
+        loading any module that contains it. Returns the hook handle (``.remove()``).
+        """
+        return module.register_load_state_dict_post_hook(_ClearCacheOnLoad(self))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(templates={self.num_templates}, batch_size={self.batch_size}, "
+            f"cache={self.cache_info()})"
+        )
+
+    # -----------------------------------------------------------------------------------
+
+    def _encode_vocabulary(self, names: tuple[str, ...], device: torch.device) -> torch.Tensor:
+        # The result is cached and reused in every mode, so it must not depend on the
+        # caller's context: autocast off (embeddings in the tower's own precision, as the
+        # official fp32 ones), and no inference-mode tensors (they could not be used in a
+        # later training step's autograd graph; eval may run under inference_mode).
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
+            return self._encode_vocabulary_impl(names, device)
+
+    def _encode_vocabulary_impl(self, names: tuple[str, ...], device: torch.device) -> torch.Tensor:
+        num_texts = sum(len(name.split(SYNONYM_SEPARATOR)) for name in names) * self.num_templates
+        show_progress = self.progress if self.progress is not None else num_texts > self.PROGRESS_MIN_TEXTS
+        per_class: list[torch.Tensor] = []
+        # Classes are encoded in groups of about batch_size texts and reduced to (P, C)
+        # right away, so memory holds one group's raw embeddings, not the vocabulary's.
+        group_texts: list[str] = []
+        group_synonym_counts: list[int] = []
+        with tqdm(total=num_texts, desc="Encoding class names", unit="text", disable=not show_progress) as bar:
+            for index, name in enumerate(names):
+                synonyms = name.split(SYNONYM_SEPARATOR)
+                # Template-major, synonym-minor: the layout the official code reshapes.
+                group_texts += [template.format(synonym) for template in self.templates for synonym in synonyms]
+                group_synonym_counts.append(len(synonyms))
+                if len(group_texts) >= self.batch_size or index == len(names) - 1:
+                    per_class += self._encode_group(group_texts, group_synonym_counts, device)
+                    bar.update(len(group_texts))
+                    group_texts, group_synonym_counts = [], []
+        return torch.stack(per_class)
+
+    def _encode_group(self, texts: list[str], synonym_counts: list[int], device: torch.device) -> list[torch.Tensor]:
+        """Encode the texts of a few whole classes; return one (P, C) tensor per class."""
+        embeddings = torch.cat(
+            [self._encode_texts(texts[start : start + self.batch_size], device) for start in range(0, len(texts), self.batch_size)]
+        )
+        per_class = []
+        for class_embeddings in embeddings.split([count * self.num_templates for count in synonym_counts]):
+            num_synonyms = class_embeddings.shape[0] // self.num_templates
+            class_embeddings = class_embeddings.view(self.num_templates, num_synonyms, -1)
+            if num_synonyms == 1:
+                # The official code re-normalises only when there are synonyms; skipping
+                # the (near no-op) second normalisation likewise avoids last-ulp changes.
+                per_class.append(class_embeddings[:, 0])
+            else:
+                per_class.append(F.normalize(class_embeddings.mean(dim=1), dim=-1))
+        return per_class
+
+    def _encode_texts(self, texts: list[str], device: torch.device) -> torch.Tensor:
+        """(N,) texts -> (N, C) float32, L2-normalised."""
+        tokens = self.tokenizer(texts).to(device)
+        # float() before normalising: a half-precision text tower would lose accuracy in
+        # the norm, and the result is float32 anyway.
+        return F.normalize(self.clip_model.encode_text(tokens).float(), dim=-1)
+
+
+class _ClearCacheOnLoad:
+    """load_state_dict post-hook that clears a TextEncoder's cache.
+
+    Holds the encoder weakly so that a hook left on a long-lived module never keeps a
+    dropped encoder (and its possibly large GPU cache) alive. A module-level class rather
+    than a closure so that modules carrying the hook stay picklable.
+    """
+
+    def __init__(self, encoder: TextEncoder) -> None:
+        self._encoder_ref: Callable[[], TextEncoder | None] | None = weakref.ref(encoder)
+
+    def __call__(self, module: nn.Module, incompatible_keys: Any) -> None:
+        encoder = self._encoder_ref() if self._encoder_ref is not None else None
+        if encoder is not None:
+            encoder.clear_cache()
+
+    def __getstate__(self) -> dict:
+        return {"_encoder_ref": None}  # weak references cannot be pickled; a copy is inert
+
+
+# ---------------------------------------------------------------------------------------
+# validation and helpers
+
+
+def _checked_templates(templates: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(templates, str):
+        raise TypeError("templates must be a sequence of strings, not a single string")
+    templates = tuple(templates)
+    if not templates:
+        raise ValueError("templates is empty")
+    for index, template in enumerate(templates):
+        try:
+            has_placeholder = isinstance(template, str) and template.format("\0") != template
+        except (IndexError, KeyError, ValueError):  # named fields, stray braces, ...
+            has_placeholder = False
+        if not has_placeholder:
+            raise ValueError(f"Template {index} ({template!r}) needs exactly the '{{}}' placeholder for the class name")
+    return templates
+
+
+def validate_vocabulary(class_names: Sequence[str]) -> tuple[str, ...]:
+    """Return the class names as a tuple, or raise naming what is wrong (empty, duplicated...)."""
+    if isinstance(class_names, str):
+        raise TypeError(f"class_names must be a sequence of strings, not the single string {class_names!r}")
+    names = tuple(class_names)
+    if not names:
+        raise ValueError("The vocabulary is empty: give at least one class name")
+    first_index: dict[str, int] = {}
+    duplicates: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        if not isinstance(name, str):
+            raise TypeError(f"Class name at index {index} is a {type(name).__name__}, not a string: {name!r}")
+        if not name.strip():
+            raise ValueError(f"Class name at index {index} is empty or whitespace only: {name!r}")
+        if any(not synonym.strip() for synonym in name.split(SYNONYM_SEPARATOR)):
+            raise ValueError(f"Class name at index {index} has an empty synonym: {name!r}")
+        key = name.strip()
+        if key in first_index:
+            duplicates.setdefault(key, [first_index[key]]).append(index)
+        else:
+            first_index[key] = index
+    if duplicates:
+        described = ", ".join(f"{name!r} at indices {indices}" for name, indices in duplicates.items())
+        raise ValueError(f"Duplicated class names (each class needs its own name): {described}")
+    return names
+
+
+@functools.lru_cache(maxsize=None)
+def _open_clip_tokenizer(model_name: str | None, context_length: int | None) -> Tokenizer:
+    """open_clip's tokenizer for ``model_name`` (or its generic CLIP BPE tokenizer).
+
+    Shared between encoders: building one parses the BPE vocabulary (~0.1 s), and the
+    tokenizers are stateless apart from a memo of already split words.
+    """
+    if model_name is not None:
+        return open_clip.get_tokenizer(model_name)
+    return open_clip.get_tokenizer(context_length=context_length)
+
+
+def _text_tower_weight(clip_model: nn.Module) -> torch.Tensor:
+    """A parameter of the text tower: its device and dtype are the encoding's."""
+    text_tower = getattr(clip_model, "text", None)  # CustomTextCLIP keeps the tower here
+    if isinstance(text_tower, nn.Module):
+        return next(text_tower.parameters())
+    return clip_model.token_embedding.weight

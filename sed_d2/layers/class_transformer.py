@@ -1,0 +1,118 @@
+"""Class-axis transformer layer (SED / CAT-Seg "class aggregation")."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .linear_attention import MultiHeadLinearAttention
+
+__all__ = ["ClassTransformerLayer", "Mlp"]
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    height, width = value
+    return (int(height), int(width))
+
+
+class Mlp(nn.Module):
+    """``fc2(act(fc1(x)))``; ReLU by default (SED/CAT-Seg class aggregation)."""
+
+    def __init__(self, dim: int, hidden_dim: int, act_layer: type[nn.Module] = nn.ReLU) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ClassTransformerLayer(nn.Module):
+    """Pre-norm transformer layer whose sequence axis is the **class** axis.
+
+    Every spatial position of an (optionally average-pooled) map is a sequence of ``T``
+    class tokens of width ``dim``:
+
+    1. ``p = avg_pool(x, pooling_size)`` per class map (``(1, 1)`` skips it);
+    2. ``p = p + attention(attention_norm(p), guidance)`` (linear attention over classes,
+       no output projection);
+    3. ``p = p + mlp(mlp_norm(p))`` (``dim -> mlp_ratio*dim -> dim``, ReLU);
+    4. ``p`` is upsampled back to ``(H, W)`` bilinearly with ``align_corners=True`` and the
+       layer returns ``x + p``.
+
+    Step 4 adds the input once more on top of the residuals already inside ``p``; that is
+    what the official SED and CAT-Seg code do, so with pooling ``(1, 1)`` the output is
+    ``2x + attn + mlp`` and with ``(2, 2)`` it is ``x + up(pool(x) + attn + mlp)``.
+
+    Args:
+        dim: channels ``C`` of the class-batched map.
+        num_heads: attention heads.
+        pooling_size: pooling window in training mode.
+        test_pooling_size: pooling window in eval mode (``None`` = same as training). The
+            official SED/CAT-Seg configs train with ``(2, 2)`` and their ``eval.sh``
+            evaluates with ``(1, 1)``.
+        guidance_dim: optional per-class guidance channels concatenated into q/k (CAT-Seg
+            text guidance); 0 = none (SED).
+        mlp_ratio: MLP expansion.
+
+    ``forward(x (B, T, C, H, W), guidance (B, T, guidance_dim) | None) -> (B, T, C, H, W)``.
+    Parameters (official -> ours): ``norm1`` -> ``attention_norm``, ``attention.{q,k,v}``
+    -> ``attention.{query,key,value}``, ``norm2`` -> ``mlp_norm``, ``MLP.0`` -> ``mlp.fc1``,
+    ``MLP.2`` -> ``mlp.fc2``. The norms are ``nn.LayerNorm`` with eps 1e-5.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        pooling_size: int | Sequence[int] = (2, 2),
+        test_pooling_size: int | Sequence[int] | None = None,
+        guidance_dim: int = 0,
+        mlp_ratio: int = 4,
+    ) -> None:
+        super().__init__()
+        self.pooling_size = _pair(pooling_size)
+        self.test_pooling_size = self.pooling_size if test_pooling_size is None else _pair(test_pooling_size)
+        self.attention_norm = nn.LayerNorm(dim)
+        self.attention = MultiHeadLinearAttention(dim, num_heads, guidance_dim=guidance_dim)
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, mlp_ratio * dim)
+
+    @property
+    def active_pooling_size(self) -> tuple[int, int]:
+        """The pooling window of the current mode (training or eval)."""
+        return self.pooling_size if self.training else self.test_pooling_size
+
+    def forward(self, x: Tensor, guidance: Tensor | None = None) -> Tensor:
+        batch, num_classes, channels, height, width = x.shape
+        pooling = self.active_pooling_size
+        pooled = x.flatten(0, 1)
+        if pooling != (1, 1):
+            pooled = F.avg_pool2d(pooled, pooling)
+        pooled_h, pooled_w = pooled.shape[-2:]
+        # (B*T, C, h, w) -> (B*h*w, T, C): one sequence of class tokens per position.
+        tokens = pooled.view(batch, num_classes, channels, pooled_h, pooled_w).permute(0, 3, 4, 1, 2)
+        tokens = tokens.reshape(batch * pooled_h * pooled_w, num_classes, channels)
+        if guidance is not None:
+            guidance = guidance[:, None, None].expand(batch, pooled_h, pooled_w, *guidance.shape[1:])
+            guidance = guidance.reshape(batch * pooled_h * pooled_w, num_classes, -1)
+        tokens = tokens + self.attention(self.attention_norm(tokens), guidance)
+        tokens = tokens + self.mlp(self.mlp_norm(tokens))
+        pooled = tokens.view(batch, pooled_h, pooled_w, num_classes, channels).permute(0, 3, 4, 1, 2)
+        if (pooled_h, pooled_w) != (height, width):
+            pooled = F.interpolate(
+                pooled.reshape(batch * num_classes, channels, pooled_h, pooled_w),
+                size=(height, width),
+                mode="bilinear",
+                align_corners=True,
+            ).view(batch, num_classes, channels, height, width)
+        return x + pooled
+
+    def extra_repr(self) -> str:
+        return f"pooling_size={self.pooling_size}, test_pooling_size={self.test_pooling_size}"

@@ -1,0 +1,338 @@
+"""SED: hierarchical-encoder cost map + gradual fusion decoder with category early
+rejection (Xie et al., CVPR 2024). Pure PyTorch: tensors in, logits / losses out.
+
+Follows the official implementation (``xb534/SED``); where it differs from the paper
+the official behaviour is the default and the paper's variant is an argument:
+
+* ``SEDModel.losses(..., ignore_as_negative=True)``: ignored pixels are all-negative
+  targets (code); ``False`` excludes them (paper).
+* ``SEDDecoder(pooling_size=(2, 2), test_pooling_size=(1, 1))``: the class-attention
+  pooling of the training config and of the official ``eval.sh`` override.
+* Category early rejection (``cer_topk``) works per image for any batch size (the
+  official code only supports batch size 1) and returns ``-inf`` logits for rejected
+  classes (the official code returns probability 0 for them).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..clip import convnext_dense_features, dense_feature_channels
+from ..layers import (
+    ClassTransformerLayer,
+    Conv2dReLU,
+    ConvNeXtBlock,
+    ConvTranspose2dReLU,
+    CostEmbedding,
+    CostVolume,
+    SkipFusion,
+)
+from ..losses import one_hot_bce_loss
+from .parameter_groups import ParameterGroupTable, assign_parameter_groups
+
+__all__ = ["SEDDecoder", "SEDModel", "SEDOutput", "SEDStage", "build_sed_decoder_for"]
+
+
+class SEDOutput(NamedTuple):
+    """``logits``: ``(B, T, 8h, 8w)`` main logits (``h, w`` = the cost-map grid, 1/32 of
+    the input, so 1/4 of the input). ``aux_logits``: in training, the three auxiliary
+    (rejection-head) logits at ``(h, w)``, ``(2h, 2w)``, ``(4h, 4w)``; empty otherwise."""
+
+    logits: Tensor
+    aux_logits: tuple[Tensor, ...] = ()
+
+
+class SEDStage(nn.Module):
+    """One decoder layer: feature aggregation (ConvNeXt block per class map, then
+    class-axis attention) followed by skip-layer fusion (x2 upsampling).
+
+    Official ``Up``: ``cnext`` -> ``spatial_block``, ``attention`` -> ``class_block``,
+    ``up`` -> ``fusion.upsample``, ``conv`` -> ``fusion.double_conv``.
+
+    ``forward(x (B, T, in, H, W), skip (B, skip_channels, 2H, 2W),
+    cost (B, T, cost_channels, 2H, 2W)) -> (B, T, out, 2H, 2W)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        skip_channels: int,
+        cost_channels: int,
+        num_heads: int,
+        kernel_size: int,
+        pooling_size: Sequence[int],
+        test_pooling_size: Sequence[int],
+    ) -> None:
+        super().__init__()
+        self.spatial_block = ConvNeXtBlock(in_channels, kernel_size, layer_scale_init=1.0)
+        self.class_block = ClassTransformerLayer(
+            in_channels, num_heads, pooling_size=pooling_size, test_pooling_size=test_pooling_size
+        )
+        self.fusion = SkipFusion(in_channels, out_channels, skip_channels=skip_channels, cost_channels=cost_channels)
+
+    def forward(self, x: Tensor, skip: Tensor, cost: Tensor) -> Tensor:
+        batch, num_classes = x.shape[:2]
+        x = self.spatial_block(x.flatten(0, 1)).unflatten(0, (batch, num_classes))
+        x = self.class_block(x)
+        return self.fusion(x, skip, cost)
+
+
+def _per_stage(value: int | Sequence[int], num_stages: int, name: str) -> tuple[int, ...]:
+    values = (value,) * num_stages if isinstance(value, int) else tuple(value)
+    if len(values) != num_stages:
+        raise ValueError(f"{name} needs {num_stages} values, got {values}")
+    return values
+
+
+class SEDDecoder(nn.Module):
+    """The gradual fusion decoder (official ``Aggregator``, text guidance disabled as in
+    both official configs).
+
+    Args:
+        text_channels: ``P``, text embeddings per class (prompt templates; 80 in SED).
+        skip_channels: channels of the skip features, coarse to fine (res4, res3, res2).
+        hidden_dim: channels of the cost embedding.
+        decoder_dims: output channels of the decoder stages.
+        skip_proj_dims: channels the skip features are projected to (conv3x3 + ReLU).
+        cost_guidance_dims: channels of the upsampled raw-cost guidance chain
+            ``P -> d0 -> d1 -> d2`` (ConvTranspose k2 s2 + ReLU each).
+        num_heads: class-attention heads.
+        kernel_size: depthwise kernel of the ConvNeXt blocks (int or one per stage).
+        cost_embed_kernel: kernel of the ``P -> hidden_dim`` cost embedding conv.
+        pooling_size: class-attention pooling in training mode (official configs: 2x2).
+        test_pooling_size: class-attention pooling in eval mode (official ``eval.sh``: 1x1).
+        skip_feature_names: keys of ``skip_features`` read by the stages, coarse to fine.
+
+    ``forward`` returns :class:`SEDOutput`. Parameter names map 1:1 (same shapes) to the
+    official ones, see :mod:`sed_d2.checkpoint`.
+    """
+
+    def __init__(
+        self,
+        *,
+        text_channels: int,
+        skip_channels: Sequence[int],
+        hidden_dim: int = 128,
+        decoder_dims: Sequence[int] = (64, 32, 16),
+        skip_proj_dims: Sequence[int] = (32, 16, 8),
+        cost_guidance_dims: Sequence[int] = (32, 16, 8),
+        num_heads: int = 4,
+        kernel_size: int | Sequence[int] = 9,
+        cost_embed_kernel: int = 7,
+        pooling_size: Sequence[int] = (2, 2),
+        test_pooling_size: Sequence[int] = (1, 1),
+        skip_feature_names: Sequence[str] = ("res4", "res3", "res2"),
+    ) -> None:
+        super().__init__()
+        num_stages = len(decoder_dims)
+        skip_channels = _per_stage(skip_channels, num_stages, "skip_channels")
+        skip_proj_dims = _per_stage(skip_proj_dims, num_stages, "skip_proj_dims")
+        cost_guidance_dims = _per_stage(cost_guidance_dims, num_stages, "cost_guidance_dims")
+        kernel_sizes = _per_stage(kernel_size, num_stages, "kernel_size")
+        self.skip_feature_names = tuple(skip_feature_names)
+        if len(self.skip_feature_names) != num_stages:
+            raise ValueError(f"skip_feature_names needs {num_stages} names, got {self.skip_feature_names}")
+        in_dims = (hidden_dim, *decoder_dims[:-1])
+
+        self.cost_volume = CostVolume()
+        self.cost_embed = CostEmbedding(text_channels, hidden_dim, cost_embed_kernel)
+        self.skip_projections = nn.ModuleList(
+            Conv2dReLU(channels, proj, kernel_size=3, padding=1) for channels, proj in zip(skip_channels, skip_proj_dims)
+        )
+        self.cost_upsamplers = nn.ModuleList(
+            ConvTranspose2dReLU(cin, cout, kernel_size=2, stride=2)
+            for cin, cout in zip((text_channels, *cost_guidance_dims[:-1]), cost_guidance_dims)
+        )
+        self.stages = nn.ModuleList(
+            SEDStage(
+                cin,
+                cout,
+                skip_channels=proj,
+                cost_channels=cost,
+                num_heads=num_heads,
+                kernel_size=kernel,
+                pooling_size=pooling_size,
+                test_pooling_size=test_pooling_size,
+            )
+            for cin, cout, proj, cost, kernel in zip(in_dims, decoder_dims, skip_proj_dims, cost_guidance_dims, kernel_sizes)
+        )
+        self.aux_heads = nn.ModuleList(nn.Conv2d(channels, 1, kernel_size=3, padding=1) for channels in in_dims)
+        self.head = nn.Conv2d(decoder_dims[-1], 1, kernel_size=3, padding=1)
+
+    def forward(
+        self,
+        image_embedding: Tensor,
+        text_embeddings: Tensor,
+        skip_features: Mapping[str, Tensor],
+        cer_topk: int = 0,
+    ) -> SEDOutput:
+        """
+        Args:
+            image_embedding: ``(B, C, h, w)`` dense CLIP embedding (``clip_vis_dense``).
+            text_embeddings: ``(T, P, C)``, shared by the batch.
+            skip_features: ``res4`` / ``res3`` / ``res2`` at ``2x``, ``4x``, ``8x`` the
+                ``(h, w)`` grid. Used as given (the caller detaches them).
+            cer_topk: ``k`` of category early rejection; used only in eval mode and when
+                ``> 0`` (the official code also ignores it in training).
+
+        Returns:
+            :class:`SEDOutput` with ``(B, T, 8h, 8w)`` logits (``-inf`` for classes
+            rejected by CER) and, in training, the three auxiliary logits.
+        """
+        cost = self.cost_volume(image_embedding, text_embeddings)  # (B, P, T, h, w)
+        x = self.cost_embed(cost)  # (B, T, hidden, h, w)
+        cost = cost.transpose(1, 2)  # (B, T, P, h, w), contiguous
+        height, width = cost.shape[-2:]
+        skips = []
+        for index, (projection, name) in enumerate(zip(self.skip_projections, self.skip_feature_names)):
+            feature = skip_features[name]
+            expected = (height * 2 ** (index + 1), width * 2 ** (index + 1))
+            if tuple(feature.shape[-2:]) != expected:
+                raise ValueError(f"skip feature {name!r} is {tuple(feature.shape[-2:])}, expected {expected}")
+            skips.append(projection(feature))
+        if cer_topk > 0 and not self.training:
+            return SEDOutput(self._forward_with_rejection(x, cost, skips, cer_topk))
+        aux_logits = []
+        for index, stage in enumerate(self.stages):
+            if self.training:
+                # stop-gradient #2: the rejection heads never train the decoder
+                aux_logits.append(_class_logits(self.aux_heads[index], x.detach()))
+            cost = self._upsample_cost(index, cost)
+            x = stage(x, skips[index], cost)
+        return SEDOutput(_class_logits(self.head, x), tuple(aux_logits))
+
+    def _upsample_cost(self, index: int, cost: Tensor) -> Tensor:
+        batch, num_classes = cost.shape[:2]
+        return self.cost_upsamplers[index](cost.flatten(0, 1)).unflatten(0, (batch, num_classes))
+
+    def _forward_with_rejection(self, x: Tensor, cost: Tensor, skips: list[Tensor], topk: int) -> Tensor:
+        """Category early rejection (paper 3.3, official ``fast_conv_decoder``).
+
+        Before every stage, the auxiliary head of that stage scores the classes still
+        alive; a class survives if it is among the top-``k`` classes of at least one pixel
+        of the image. Following stages (class attention included) see the survivors only.
+
+        The batch runs jointly while no image has rejected anything (so ``k >= T`` runs
+        exactly the plain path); from the first rejection on, each image runs on its own,
+        so an image's result never depends on the rest of the batch.
+        """
+        batch, num_classes = x.shape[:2]
+        xs: list[Tensor] = []
+        costs: list[Tensor] = []
+        classes: list[Tensor] = []  # per image: surviving class indices (into 0..T-1)
+        for index, stage in enumerate(self.stages):
+            if not classes:
+                keep = _top_k_union(_class_logits(self.aux_heads[index], x), topk)
+                if bool(keep.all()):
+                    cost = self._upsample_cost(index, cost)
+                    x = stage(x, skips[index], cost)
+                    continue
+                for image in range(batch):
+                    survivors = keep[image].nonzero().squeeze(1)
+                    xs.append(x[image : image + 1, survivors])
+                    costs.append(cost[image : image + 1, survivors])
+                    classes.append(survivors)
+            else:
+                for image in range(batch):
+                    keep = _top_k_union(_class_logits(self.aux_heads[index], xs[image]), topk)
+                    survivors = keep[0].nonzero().squeeze(1)
+                    xs[image] = xs[image][:, survivors]
+                    costs[image] = costs[image][:, survivors]
+                    classes[image] = classes[image][survivors]
+            for image in range(batch):
+                costs[image] = self._upsample_cost(index, costs[image])
+                xs[image] = stage(xs[image], skips[index][image : image + 1], costs[image])
+        if not classes:
+            return _class_logits(self.head, x)
+        logits = [_class_logits(self.head, x_image) for x_image in xs]
+        output = logits[0].new_full((batch, num_classes, *logits[0].shape[-2:]), float("-inf"))
+        for image, (survivors, logit) in enumerate(zip(classes, logits)):
+            output[image, survivors] = logit[0]
+        return output
+
+
+def _class_logits(head: nn.Module, x: Tensor) -> Tensor:
+    """Apply a 1-output conv head to a class-batched map: ``(B, T, C, H, W) -> (B, T, H, W)``."""
+    batch, num_classes = x.shape[:2]
+    return head(x.flatten(0, 1)).view(batch, num_classes, *x.shape[-2:])
+
+
+def _top_k_union(logits: Tensor, k: int) -> Tensor:
+    """``(B, T, H, W) -> (B, T)`` bool: class ``t`` is in the top-``k`` at >= 1 pixel."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices.flatten(1)
+    keep = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)
+    return keep.scatter_(1, top, True)
+
+
+def build_sed_decoder_for(clip_model: nn.Module, num_templates: int, **kwargs) -> SEDDecoder:
+    """Build a :class:`SEDDecoder` whose skip channels are read off ``clip_model.visual``
+    (``dense_feature_channels``); ``kwargs`` go to the constructor."""
+    channels = dense_feature_channels(clip_model.visual)
+    names = tuple(kwargs.get("skip_feature_names", ("res4", "res3", "res2")))
+    return SEDDecoder(text_channels=num_templates, skip_channels=tuple(channels[name] for name in names), **kwargs)
+
+
+class SEDModel(nn.Module):
+    """CLIP (open_clip, ConvNeXt image tower) + :class:`SEDDecoder`.
+
+    Args:
+        clip_model: an open_clip ``CLIP`` with a timm ConvNeXt image tower; registered as
+            ``clip_model``.
+        decoder: the decoder; registered as ``decoder``.
+        clip_finetune: ``"full"`` trains all of ``clip_model.visual`` (trunk and the
+            projection head that makes ``clip_vis_dense``) with the CLIP lr multiplier;
+            ``"frozen"`` freezes it. The text tower, token / positional embeddings,
+            ``ln_final``, ``text_projection`` and ``logit_scale`` are always frozen.
+
+    Gradient flow (official): the trunk is fine-tuned only through ``clip_vis_dense``
+    (the cost volume); the res2..res4 skip features are detached here (stop-gradient #1),
+    and the auxiliary heads read detached decoder features (stop-gradient #2).
+    """
+
+    PARAMETER_GROUPS: dict[str, ParameterGroupTable] = {
+        "full": (
+            (r"clip_model\.visual\.", "clip"),
+            (r"clip_model\.", "frozen"),
+            (r"decoder\.", "decoder"),
+        ),
+        "frozen": (
+            (r"clip_model\.", "frozen"),
+            (r"decoder\.", "decoder"),
+        ),
+    }
+
+    def __init__(self, clip_model: nn.Module, decoder: SEDDecoder, *, clip_finetune: str = "full") -> None:
+        super().__init__()
+        if clip_finetune not in self.PARAMETER_GROUPS:
+            raise ValueError(f"clip_finetune must be one of {sorted(self.PARAMETER_GROUPS)}, got {clip_finetune!r}")
+        self.clip_model = clip_model
+        self.decoder = decoder
+        self.clip_finetune = clip_finetune
+        self.parameter_groups = assign_parameter_groups(self, self.PARAMETER_GROUPS[clip_finetune])
+
+    def forward(self, images: Tensor, text_embeddings: Tensor, cer_topk: int = 0) -> SEDOutput:
+        """
+        Args:
+            images: ``(B, 3, H, W)``, CLIP-normalised (H, W multiples of 32).
+            text_embeddings: ``(T, P, C)`` for the current vocabulary.
+            cer_topk: category early rejection ``k`` (eval only; 0 = off).
+        """
+        features = convnext_dense_features(self.clip_model.visual, images)
+        skips = {name: features[name].detach() for name in self.decoder.skip_feature_names}
+        return self.decoder(features["clip_vis_dense"], text_embeddings, skips, cer_topk=cer_topk)
+
+    @staticmethod
+    def losses(
+        output: SEDOutput, targets: Tensor, ignore_value: int, ignore_as_negative: bool = True
+    ) -> dict[str, Tensor]:
+        """Official SED losses: ``loss_sem_seg_0`` (main) and ``loss_sem_seg_{1,2,3}``
+        (auxiliary heads at 1/32, 1/16, 1/8), each :func:`one_hot_bce_loss` with weight 1."""
+        return {
+            f"loss_sem_seg_{index}": one_hot_bce_loss(logits, targets, ignore_value, ignore_as_negative)
+            for index, logits in enumerate((output.logits, *output.aux_logits))
+        }
