@@ -7,7 +7,9 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: the tiny models are too small to gain from more, and on a loaded 2-core
+# machine extra threads make small ops up to 100x slower.
+torch.set_num_threads(1)
 
 try:
     import detectron2  # noqa: F401

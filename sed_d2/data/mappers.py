@@ -192,7 +192,9 @@ class SemanticSegmentationMapper:
             raise ValueError(
                 f"training sample {dataset_dict['file_name']} has no 'sem_seg_file_name'"
             )
-        sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("int64")
+        # float64: detectron2 resizes non-uint8 labels with torch, which has no int64 path;
+        # it is exact for every label value (uint16 TIFF included) and nearest-neighbour.
+        sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("double")
         if sem_seg.ndim == 3:
             sem_seg = sem_seg[:, :, 0]
         self._check_labels(sem_seg, dataset_dict["file_name"])

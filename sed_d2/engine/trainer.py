@@ -65,6 +65,24 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_sem_seg_evaluator(dataset_name, output_dir=output_folder)
 
+    def build_writers(self):
+        # detectron2's default writers include TensorBoard, which is optional here.
+        import os
+
+        from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
+
+        writers = [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+        ]
+        try:
+            import tensorboard  # noqa: F401  (TensorboardXWriter imports it only on first write)
+
+            writers.append(TensorboardXWriter(self.cfg.OUTPUT_DIR))
+        except ImportError:
+            logger.info("tensorboard is not installed: metrics go to metrics.json and the log")
+        return writers
+
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_optimizer(cfg, model)

@@ -1,5 +1,5 @@
 """Detectron2 meta-architectures, one thin module per method (importing registers them)."""
-from .base import OpenVocabSegmentor, validate_vocabulary, vocabulary_of
+from .base import OpenVocabSegmentor, vocabulary_of
 from .sed import SED
 
-__all__ = ["OpenVocabSegmentor", "SED", "validate_vocabulary", "vocabulary_of"]
+__all__ = ["OpenVocabSegmentor", "SED", "vocabulary_of"]

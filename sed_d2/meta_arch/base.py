@@ -12,40 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..clip import TextEncoder, get_templates
+from ..clip import TextEncoder, get_templates, validate_vocabulary
 
 __all__ = [
     "OpenVocabSegmentor",
     "base_arguments_from_config",
-    "validate_vocabulary",
     "vocabulary_of",
 ]
 
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def validate_vocabulary(class_names: Sequence[str]) -> List[str]:
-    """Return the vocabulary as a list, or raise ValueError naming what is wrong with it."""
-    if isinstance(class_names, str):
-        raise ValueError(
-            "the vocabulary must be a list of class names, got one string "
-            f"{class_names!r}; split it first (synonyms of one class are joined by ', ')"
-        )
-    names = [str(n) for n in class_names]
-    if not names:
-        raise ValueError("the vocabulary is empty: give at least one class name")
-    empty = [i for i, n in enumerate(names) if not n.strip()]
-    if empty:
-        raise ValueError(f"the vocabulary has empty class names at positions {empty}")
-    seen, duplicated = set(), []
-    for n in names:
-        key = n.strip().lower()
-        if key in seen:
-            duplicated.append(n)
-        seen.add(key)
-    if duplicated:
-        raise ValueError(f"the vocabulary has duplicated class names: {sorted(set(duplicated))}")
-    return names
 
 
 def vocabulary_of(dataset_name: str) -> List[str]:
@@ -106,10 +81,10 @@ class OpenVocabSegmentor(nn.Module):
         self.clip_resolution = tuple(int(s) for s in clip_resolution)
         self.templates = get_templates(prompt_templates)
         self.train_vocabulary = (
-            validate_vocabulary(train_vocabulary) if train_vocabulary is not None else None
+            list(validate_vocabulary(train_vocabulary)) if train_vocabulary is not None else None
         )
         self.test_vocabulary = (
-            validate_vocabulary(test_vocabulary) if test_vocabulary is not None else None
+            list(validate_vocabulary(test_vocabulary)) if test_vocabulary is not None else None
         )
         self.ignore_value = ignore_value
         self.train_dtype = _parse_precision(train_precision, "MODEL.OVSEG.TRAIN_PRECISION")
@@ -125,13 +100,13 @@ class OpenVocabSegmentor(nn.Module):
     def text_encoder(self) -> TextEncoder:
         # Built on first use: the CLIP model exists only after the subclass __init__.
         if self._text_encoder is None:
+            # It hooks the CLIP model so that loading weights clears its cache.
             self._text_encoder = TextEncoder(self.clip_model, self.templates)
-            self._text_encoder.invalidate_on_load(self)
         return self._text_encoder
 
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
         """Use these class names at inference (synonyms within a name joined by ', ')."""
-        self.test_vocabulary = validate_vocabulary(class_names)
+        self.test_vocabulary = list(validate_vocabulary(class_names))
 
     @property
     def vocabulary(self) -> List[str]:

@@ -1,0 +1,126 @@
+"""The SED meta-architecture built from each shipped config (tiny CLIP swapped in)."""
+import pytest
+import torch
+
+from tests.conftest import requires_detectron2
+from tests.d2_helpers import tiny_cfg
+
+pytestmark = requires_detectron2
+
+SHIPPED = ["configs/sed/convnextB_768.yaml", "configs/sed/convnextL_768.yaml", "configs/sed/tiny.yaml"]
+
+
+def _build(config_file, *extra):
+    from detectron2.modeling import build_model
+
+    import sed_d2  # noqa: F401
+
+    torch.manual_seed(0)
+    return build_model(tiny_cfg(config_file, *extra))
+
+
+def _inputs(sizes, with_labels=False, num_classes=8):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for h, w in sizes:
+        x = {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
+             "height": h, "width": w}
+        if with_labels:
+            x["sem_seg"] = torch.randint(0, num_classes, (h, w), generator=g)
+            x["sem_seg"][0, :5] = 255
+        out.append(x)
+    return out
+
+
+@pytest.mark.parametrize("config_file", SHIPPED)
+def test_train_step_losses_and_gradients(config_file):
+    model = _build(config_file)
+    model.train()
+    losses = model(_inputs([(64, 64), (64, 64)], with_labels=True))
+    assert sorted(losses) == [f"loss_sem_seg_{i}" for i in range(4)]
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+    sum(losses.values()).backward()
+    groups = model.parameter_groups
+    for name, p in model.named_parameters():
+        if groups[name] == "frozen":
+            assert not p.requires_grad and p.grad is None, name
+        else:
+            assert p.requires_grad and p.grad is not None, f"{name} got no gradient"
+    # Text tower frozen; image tower fine-tuned ("full").
+    assert groups["model.clip_model.token_embedding.weight"] == "frozen"
+    assert groups["model.clip_model.visual.trunk.stem.0.weight"] == "clip"
+
+
+def test_inference_any_batch_and_sizes():
+    model = _build("configs/sed/tiny.yaml")
+    model.eval()
+    sizes = [(64, 80), (96, 64), (70, 70)]
+    inputs = _inputs(sizes)
+    with torch.no_grad():
+        batched = model(inputs)
+        singles = [model([x])[0] for x in inputs]
+    T = len(model.vocabulary)
+    for out, single, (h, w) in zip(batched, singles, sizes):
+        assert out["sem_seg"].shape == (T, h, w)
+        assert 0 <= out["sem_seg"].min() and out["sem_seg"].max() <= 1
+        torch.testing.assert_close(out["sem_seg"], single["sem_seg"], rtol=1e-4, atol=1e-5)
+
+
+def test_cer_with_all_classes_equals_plain_path_through_meta_arch():
+    model = _build("configs/sed/tiny.yaml")
+    model.eval()
+    inputs = _inputs([(64, 64), (80, 72)])
+    with torch.no_grad():
+        plain = model(inputs)
+        model.cer_topk = len(model.vocabulary)
+        cer = model(inputs)
+        model.cer_topk = 1
+        rejected = model(inputs)
+    for a, b in zip(plain, cer):
+        assert torch.equal(a["sem_seg"], b["sem_seg"])
+    # With k=1 some classes are rejected: their probability is exactly zero everywhere.
+    zero_classes = [(r["sem_seg"].flatten(1).amax(1) == 0).sum().item() for r in rejected]
+    assert max(zero_classes) > 0
+
+
+def test_vocabulary_switch_and_cache():
+    model = _build("configs/sed/tiny.yaml")
+    model.eval()
+    with torch.no_grad():
+        model.set_vocabulary(["cat", "dog, puppy", "grass"])
+        out = model(_inputs([(64, 64)]))[0]
+        assert out["sem_seg"].shape[0] == 3
+        first = model.text_embeddings()
+        model.set_vocabulary(["sky"])
+        assert model(_inputs([(64, 64)]))[0]["sem_seg"].shape[0] == 1
+        model.set_vocabulary(["cat", "dog, puppy", "grass"])
+        assert torch.equal(model.text_embeddings(), first)
+    # Text embeddings never enter the checkpoint.
+    assert not any("text_embed" in k or "cache" in k for k in model.state_dict())
+
+
+@pytest.mark.parametrize("bad,match", [([], "empty"), (["cat", "cat"], "Duplicated"),
+                                       (["cat", " "], "index 1 is empty"), ("cat,dog", "single string")])
+def test_bad_vocabulary_errors(bad, match):
+    model = _build("configs/sed/tiny.yaml")
+    with pytest.raises((ValueError, TypeError), match=match):
+        model.set_vocabulary(bad)
+
+
+def test_unknown_clip_model_error():
+    with pytest.raises(ValueError, match="convnext_bse_w_320"):
+        _build("configs/sed/tiny.yaml", "MODEL.OVSEG.CLIP_MODEL", "convnext_bse_w_320")
+
+
+def test_bf16_inference_close_to_fp32():
+    model = _build("configs/sed/tiny.yaml")
+    model.eval()
+    inputs = _inputs([(64, 64)])
+    with torch.no_grad():
+        fp32 = model(inputs)[0]["sem_seg"]
+        model.test_dtype = torch.bfloat16
+        bf16 = model(inputs)[0]["sem_seg"]
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    # Random weights give near-tied classes, so compare probabilities, not the argmax.
+    assert not torch.equal(bf16, fp32)
+    torch.testing.assert_close(bf16, fp32, atol=0.03, rtol=0)
