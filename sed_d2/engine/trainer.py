@@ -5,7 +5,8 @@ from collections import OrderedDict
 
 import torch
 from detectron2.data import build_detection_test_loader
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, SimpleTrainer, create_ddp_model
+from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.solver import build_lr_scheduler
 from detectron2.utils import comm
@@ -36,11 +37,35 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        # Same arguments as DefaultTrainer's checkpointer; ours also reads official files.
-        self.checkpointer = ConvertingCheckpointer(
-            self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        # DefaultTrainer.__init__, with three changes: DDP gets no device_ids on CPU (Gloo
+        # multi-process training), mixed precision is the model's own bf16 autocast
+        # (MODEL.OVSEG.TRAIN_PRECISION) instead of fp16 AMPTrainer, and the checkpointer
+        # loads official checkpoints.
+        TrainerBase.__init__(self)
+        if cfg.SOLVER.AMP.ENABLED:
+            raise ValueError(
+                "SOLVER.AMP.ENABLED (fp16 + GradScaler) is not used by sed_d2; "
+                "set MODEL.OVSEG.TRAIN_PRECISION bf16 for mixed-precision training"
+            )
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        model = create_ddp_model(
+            model,
+            broadcast_buffers=False,
+            device_ids=[comm.get_local_rank()] if on_gpu else None,
         )
+        self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = ConvertingCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     def build_train_loader(self, cfg):
         # An instance method (DefaultTrainer calls it on self) so the sampler stays reachable
