@@ -13,7 +13,11 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(exclude=("tests", "tests.*", "configs", "tools", "datasets")),
     package_data={
-        "sed_d2": ["clip/model_configs/*.json", "data/datasets/class_names/*.json"],
+        "sed_d2": [
+            "clip/model_configs/*.json",
+            "data/datasets/class_names/*.json",
+            "data/datasets/splits/*.txt",
+        ],
     },
     install_requires=[
         # CLIP models and pretrained tags; we wrap it, never vendor it. 3.x has the

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""PASCAL VOC 2012: official segmentation masks -> three label layouts of the val split.
+
+Input, under $DETECTRON2_DATASETS/VOCdevkit/VOC2012 (VOCtrainval_11-May-2012.tar):
+  JPEGImages/*.jpg
+  ImageSets/Segmentation/{train,val}.txt
+  SegmentationClass/<stem>.png   palette (P) PNG: 0 = background, 1..20 classes, 255 = void
+Output (``<split>`` = val by default):
+  annotations_detectron2/val/<stem>.png      ``voc_2012_test_sem_seg`` (VOC-20):
+                                              0..19, background and void -> 255
+  annotations_detectron2_bg/val/<stem>.png   ``voc_2012_test_background_sem_seg`` (VOC-20b,
+                                              SED/CAT-Seg): 0..19, background -> 20, void 255
+  annotations_detectron2_bg0/val/<stem>.png  ``voc_2012_val_bg21_sem_seg`` (VOC-21,
+                                              GroupViT/TCL/SynSeg): 0 = background, 1..20, 255
+All uint8 L. The first two are the official SED/CAT-Seg outputs. The official script reads
+the same val stems from the DeepLab ``SegmentationClassAug`` masks (an extra Dropbox
+download believed identical on val); ``--masks SegmentationClassAug`` does that. Unlike the
+official script, a mask that is all void after mapping is still written (none is in VOC val).
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+if importlib.util.find_spec("sed_d2") is None:  # not pip-installed yet: use this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from sed_d2.data import prepare_utils as pu  # noqa: E402
+
+SPLITS = ("train", "val")
+DEFAULT_SPLITS = ("val",)
+OFFICIAL_SIZES = {"train": 1464, "val": 1449}
+IGNORE_LABEL = 255
+NUM_CLASSES = 20
+KNOWN_RAW_VALUES = frozenset(range(NUM_CLASSES + 1)) | {255}
+OUTPUT_LAYOUTS = {
+    # output folder: (raw -> output table, values the registration accepts)
+    "annotations_detectron2": (
+        pu.make_lut({k: k - 1 for k in range(1, NUM_CLASSES + 1)}, size=256, default=IGNORE_LABEL),
+        frozenset(range(NUM_CLASSES)) | {IGNORE_LABEL},
+    ),
+    "annotations_detectron2_bg": (
+        pu.make_lut(
+            {0: NUM_CLASSES, **{k: k - 1 for k in range(1, NUM_CLASSES + 1)}},
+            size=256,
+            default=IGNORE_LABEL,
+        ),
+        frozenset(range(NUM_CLASSES + 1)) | {IGNORE_LABEL},
+    ),
+    "annotations_detectron2_bg0": (
+        pu.make_lut({k: k for k in range(NUM_CLASSES + 1)}, size=256, default=IGNORE_LABEL),
+        frozenset(range(NUM_CLASSES + 1)) | {IGNORE_LABEL},
+    ),
+}
+HINT = (
+    "Download http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar and "
+    "unpack it into <root> so that <root>/VOCdevkit/VOC2012 exists (see datasets/README.md)."
+)
+
+
+def convert(task: pu.Task) -> pu.TaskResult:
+    layout = task.payload
+    lut, _ = OUTPUT_LAYOUTS[layout]
+    return pu.remap_label_png(
+        task.source,
+        task.outputs[0],
+        lut,
+        known_raw_values=KNOWN_RAW_VALUES,
+        unknown_note="raw value {value} is not a VOC index (written as 255)",
+    )
+
+
+def main(argv=None) -> int:
+    parser = pu.build_argument_parser(__doc__, splits=SPLITS, default_splits=DEFAULT_SPLITS)
+    parser.add_argument(
+        "--masks",
+        choices=("SegmentationClass", "SegmentationClassAug"),
+        default="SegmentationClass",
+        help="folder of the source masks (default: the official SegmentationClass)",
+    )
+    parser.add_argument(
+        "--layouts",
+        default=",".join(OUTPUT_LAYOUTS),
+        help=f"comma-separated output folders among {', '.join(OUTPUT_LAYOUTS)} (default: all)",
+    )
+    args = parser.parse_args(argv)
+    voc_dir = pu.resolve_root(args.root) / "VOCdevkit" / "VOC2012"
+    splits = pu.parse_splits(args.splits, SPLITS)
+    layouts = pu.parse_splits(args.layouts, tuple(OUTPUT_LAYOUTS), option="--layouts")
+    mask_dir = pu.require_dir(voc_dir / args.masks, f"VOC2012 {args.masks} masks", HINT)
+    pu.warn_if_missing(voc_dir / "JPEGImages", "VOC2012 JPEGImages")
+
+    tasks, outputs = [], {}
+    for split in splits:
+        list_path = pu.require_file(
+            voc_dir / "ImageSets" / "Segmentation" / f"{split}.txt", f"VOC2012 {split} list", HINT
+        )
+        stems = pu.read_split_list(list_path)
+        pu.check_input_count(str(list_path), len(stems), OFFICIAL_SIZES[split])
+        for layout in layouts:
+            out_dir = voc_dir / layout / split
+            key = f"{layout}/{split}"
+            tasks += [
+                pu.Task(key, str(mask_dir / f"{s}.png"), (str(out_dir / f"{s}.png"),), layout)
+                for s in stems
+            ]
+            outputs[key] = pu.SplitOutput(
+                out_dir, ".png", OFFICIAL_SIZES[split], OUTPUT_LAYOUTS[layout][1]
+            )
+
+    report = pu.run_tasks(
+        tasks,
+        convert,
+        workers=args.workers,
+        desc="PASCAL VOC 2012",
+        overwrite=args.overwrite,
+        verify=pu.read_back_outputs if args.verify else None,
+    )
+    return pu.summarize("prepare_voc", report, outputs)
+
+
+if __name__ == "__main__":
+    pu.run_main(main)
