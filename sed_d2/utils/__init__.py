@@ -1,0 +1,1 @@
+"""Helpers that are neither model nor data code (visualisation)."""

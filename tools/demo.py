@@ -1,0 +1,277 @@
+#!/usr/bin/env python
+"""Segment any image with any words.
+
+    python tools/demo.py --config-file configs/sed/convnextB_768.yaml \\
+        --input photo.jpg more/*.png --output out/ \\
+        --vocabulary "cat|kitten,dog,grass,sky" \\
+        --opts MODEL.WEIGHTS model_final.pth
+
+The vocabulary is either ``--vocabulary`` (classes separated by ",", synonyms of one class by
+"|") or ``--dataset NAME`` (that dataset's ``stuff_classes``); by default it is the config's
+first test dataset. For every input ``<stem>.<ext>`` the output folder receives:
+
+* ``<stem>_overlay.png``: the image with a colour per class and a legend of the classes present;
+* ``<stem>_labels.png``: the class index per pixel (uint8 PNG, uint16 with more than 255 classes);
+* ``<stem>_classes.json``: the vocabulary and the pixel count of every class.
+
+Unreadable inputs are reported by name and skipped; the exit code is then 1.
+"""
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image
+from detectron2.modeling import build_model
+from detectron2.utils.logger import setup_logger
+from PIL import Image
+from tqdm import tqdm
+
+# Run from a source checkout without `pip install -e .` too.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import sed_d2  # noqa: E402,F401  (registers meta-architectures and datasets)
+from sed_d2.config import add_sed_d2_config  # noqa: E402
+from sed_d2.engine import ConvertingCheckpointer  # noqa: E402
+from sed_d2.meta_arch import vocabulary_of  # noqa: E402
+from sed_d2.utils.visualization import count_class_pixels, render_segmentation  # noqa: E402
+
+logger = logging.getLogger("sed_d2.demo")
+
+# On the command line "," already separates classes, so synonyms use "|"; the model (like the
+# datasets' class lists) joins the synonyms of one class with ", ".
+CLI_CLASS_SEPARATOR = ","
+CLI_SYNONYM_SEPARATOR = "|"
+MODEL_SYNONYM_SEPARATOR = ", "
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def parse_vocabulary(text: str) -> List[str]:
+    """``"cat|kitten, dog"`` -> ``["cat, kitten", "dog"]``; raises on empty or repeated names.
+
+    Used as an argparse ``type``, so its ``ArgumentTypeError`` becomes a usage error.
+    """
+    classes, seen = [], {}
+    for position, entry in enumerate(text.split(CLI_CLASS_SEPARATOR), start=1):
+        synonyms = [s.strip() for s in entry.split(CLI_SYNONYM_SEPARATOR)]
+        if not entry.strip() or not all(synonyms):
+            raise argparse.ArgumentTypeError(
+                f"class {position} of {text!r} is empty or has an empty synonym ({entry!r}); "
+                f"separate classes with '{CLI_CLASS_SEPARATOR}' and synonyms with "
+                f"'{CLI_SYNONYM_SEPARATOR}', e.g. \"cat|kitten,dog\""
+            )
+        for synonym in synonyms:
+            # A name given twice would split its pixels between two classes at random.
+            key = synonym.lower()
+            if key in seen:
+                raise argparse.ArgumentTypeError(
+                    f"{synonym!r} appears twice in the vocabulary (classes {seen[key]} and "
+                    f"{position}); every class and synonym must be unique"
+                )
+            seen[key] = position
+        classes.append(MODEL_SYNONYM_SEPARATOR.join(synonyms))
+    return classes
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config")
+    parser.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="IMG",
+        help="image files, folders of images, or glob patterns such as 'photos/*.jpg'",
+    )
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the results")
+    vocabulary = parser.add_mutually_exclusive_group()
+    vocabulary.add_argument(
+        "--vocabulary",
+        type=parse_vocabulary,
+        metavar="NAMES",
+        help="classes separated by ',', synonyms of one class by '|': \"cat|kitten,dog,grass\"",
+    )
+    vocabulary.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="use the class names of this registered dataset, e.g. ade20k_150_test_sem_seg",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay"
+    )
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, last on the line: --opts MODEL.WEIGHTS model.pth MODEL.DEVICE cpu",
+    )
+    return parser
+
+
+def setup_cfg(args: argparse.Namespace):
+    cfg = get_cfg()
+    add_sed_d2_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    return cfg
+
+
+def resolve_vocabulary(args: argparse.Namespace, cfg, parser: argparse.ArgumentParser):
+    """The class names from --vocabulary, --dataset, or the config's first test dataset."""
+    if args.vocabulary is not None:
+        return args.vocabulary
+    dataset = args.dataset
+    if dataset is None:
+        if not cfg.DATASETS.TEST:
+            parser.error("give --vocabulary or --dataset: the config's DATASETS.TEST is empty")
+        dataset = cfg.DATASETS.TEST[0]
+    try:
+        return vocabulary_of(dataset)
+    except KeyError as e:
+        parser.error(str(e.args[0]))
+
+
+def expand_inputs(patterns: Sequence[str]) -> List[str]:
+    """Files, folders (their images, sorted) and glob patterns -> paths, in the order given.
+
+    A pattern that matches nothing is kept as is, so that reading it fails with its name.
+    """
+    paths = []
+    for pattern in patterns:
+        pattern = os.path.expanduser(pattern)
+        if os.path.isdir(pattern):
+            paths += sorted(
+                os.path.join(pattern, name)
+                for name in os.listdir(pattern)
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+        elif not os.path.exists(pattern) and any(c in pattern for c in "*?["):
+            paths += sorted(glob.glob(pattern)) or [pattern]
+        else:
+            paths.append(pattern)
+    return paths
+
+
+def unique_stems(paths: Sequence[str]) -> List[str]:
+    """Output names: the file stem, suffixed "-2", "-3"... when two inputs share one."""
+    stems, used = [], set()
+    for path in paths:
+        base = os.path.splitext(os.path.basename(path))[0] or "image"
+        stem, copy = base, 1
+        while stem in used:
+            copy += 1
+            stem = f"{base}-{copy}"
+        used.add(stem)
+        stems.append(stem)
+    return stems
+
+
+class OpenVocabPredictor:
+    """Builds the model from a config, loads its weights, and segments one RGB image."""
+
+    def __init__(self, cfg, vocabulary: Sequence[str]):
+        self.model = build_model(cfg)  # also moves it to cfg.MODEL.DEVICE
+        self.model.eval()
+        if cfg.MODEL.WEIGHTS:
+            ConvertingCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        else:
+            logger.warning(
+                "MODEL.WEIGHTS is empty: the model is randomly initialised, so its segmentation "
+                "is meaningless. Pass trained weights with --opts MODEL.WEIGHTS <file>."
+            )
+        self.model.set_vocabulary(list(vocabulary))
+        # The model resizes to its CLIP resolution itself; this is the usual detectron2 test
+        # resize, so the demo sees images exactly as evaluation does.
+        self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB -> (T, H, W) class scores at the image's own size."""
+        height, width = image.shape[:2]
+        resized = self.resize.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+        return self.model([{"image": tensor, "height": height, "width": width}])[0]["sem_seg"]
+
+
+def save_outputs(
+    output_dir: str,
+    stem: str,
+    input_path: str,
+    image: np.ndarray,
+    labels: np.ndarray,
+    vocabulary: Sequence[str],
+    alpha: float,
+) -> Dict[str, str]:
+    """Write the overlay, label map and class summary of one image; return their paths."""
+    paths = {
+        kind: os.path.join(output_dir, f"{stem}_{kind}.{ext}")
+        for kind, ext in (("overlay", "png"), ("labels", "png"), ("classes", "json"))
+    }
+    Image.fromarray(render_segmentation(image, labels, vocabulary, alpha=alpha)).save(
+        paths["overlay"]
+    )
+    # uint8 while every index fits below 255 (the usual ignore value), else 16-bit PNG.
+    label_dtype = np.uint8 if len(vocabulary) <= 255 else np.uint16
+    Image.fromarray(labels.astype(label_dtype)).save(paths["labels"])
+    counts = count_class_pixels(labels, len(vocabulary))
+    summary = {
+        "input": os.path.abspath(input_path),
+        "height": int(labels.shape[0]),
+        "width": int(labels.shape[1]),
+        "labels": os.path.basename(paths["labels"]),
+        "vocabulary": list(vocabulary),
+        "classes": [
+            {"index": i, "name": name, "pixel_count": int(count)}
+            for i, (name, count) in enumerate(zip(vocabulary, counts))
+        ],
+    }
+    with open(paths["classes"], "w") as f:
+        json.dump(summary, f, indent=2)
+    return paths
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the demo; returns the exit code (1 if any input failed)."""
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    setup_logger(name="sed_d2")
+    cfg = setup_cfg(args)
+    vocabulary = resolve_vocabulary(args, cfg, parser)
+    logger.info("Vocabulary (%d classes): %s", len(vocabulary), "; ".join(vocabulary))
+
+    predictor = OpenVocabPredictor(cfg, vocabulary)
+    os.makedirs(args.output, exist_ok=True)
+    paths = expand_inputs(args.input)
+    failed = []
+    for path, stem in tqdm(list(zip(paths, unique_stems(paths))), desc="demo", unit="image"):
+        try:
+            image = read_image(path, format="RGB")
+        except (OSError, ValueError) as e:  # missing, unreadable or not an image
+            logger.error("Cannot read input image %s: %s", path, e)
+            failed.append(path)
+            continue
+        labels = predictor(image).argmax(dim=0).cpu().numpy()
+        save_outputs(args.output, stem, path, image, labels, vocabulary, args.alpha)
+
+    done = len(paths) - len(failed)
+    logger.info("Segmented %d of %d inputs into %s", done, len(paths), args.output)
+    if failed:
+        logger.error("%d input(s) could not be read: %s", len(failed), ", ".join(failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
