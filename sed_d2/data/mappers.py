@@ -179,7 +179,7 @@ class SemanticSegmentationMapper:
         bad = np.concatenate([bad, values[values < 0]])
         if bad.size:
             raise ValueError(
-                f"label file {file_name} has values {bad.tolist()[:10]} outside "
+                f"label file {file_name} has values {bad.astype(int).tolist()[:10]} outside "
                 f"[0, {self.num_classes}) that are not the ignore value {self.dataset_ignore_label}; "
                 "re-run the dataset's prepare script"
             )
@@ -194,10 +194,11 @@ class SemanticSegmentationMapper:
             )
         # float64: detectron2 resizes non-uint8 labels with torch, which has no int64 path;
         # it is exact for every label value (uint16 TIFF included) and nearest-neighbour.
-        sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("double")
+        label_file = dataset_dict.pop("sem_seg_file_name")
+        sem_seg = utils.read_image(label_file).astype("double")
         if sem_seg.ndim == 3:
             sem_seg = sem_seg[:, :, 0]
-        self._check_labels(sem_seg, dataset_dict["file_name"])
+        self._check_labels(sem_seg, label_file)
         if self.dataset_ignore_label != self.ignore_label:
             sem_seg[sem_seg == self.dataset_ignore_label] = self.ignore_label
 
