@@ -55,31 +55,19 @@ def main(argv=None) -> int:
     dataset_dir = pu.resolve_root(args.root) / "ADEChallengeData2016"
     splits = pu.parse_splits(args.splits, SPLITS)
 
-    tasks, outputs = [], {}
-    for split in splits:
-        raw_dir = pu.require_dir(
-            dataset_dir / "annotations" / split, f"ADE20K-150 {split} annotations", HINT
-        )
-        pu.warn_if_missing(dataset_dir / "images" / split, f"ADE20K-150 {split} images")
-        raw_maps = sorted(
-            p for p in raw_dir.iterdir() if p.suffix == ".png" and not p.name.startswith(".")
-        )
-        pu.check_input_count(str(raw_dir), len(raw_maps), OFFICIAL_SIZES[split])
-        out_dir = dataset_dir / "annotations_detectron2" / split
-        tasks += [pu.Task(split, str(p), (str(out_dir / p.name),)) for p in raw_maps]
-        outputs[split] = pu.SplitOutput(
-            out_dir, ".png", OFFICIAL_SIZES[split], ALLOWED_OUTPUT_VALUES
-        )
-
-    report = pu.run_tasks(
-        tasks,
-        convert,
-        workers=args.workers,
-        desc="ADE20K-150",
-        overwrite=args.overwrite,
-        verify=pu.read_back_outputs if args.verify else None,
+    tasks, outputs = pu.annotation_folder_tasks(
+        dataset_dir,
+        splits,
+        "annotations_detectron2",
+        what="ADE20K-150 {split} annotations",
+        images_what="ADE20K-150 {split} images",
+        hint=HINT,
+        official_sizes=OFFICIAL_SIZES,
+        allowed_values=ALLOWED_OUTPUT_VALUES,
     )
-    return pu.summarize("prepare_ade20k_150", report, outputs)
+    return pu.run_and_summarize(
+        "prepare_ade20k_150", tasks, convert, outputs, args, desc="ADE20K-150"
+    )
 
 
 if __name__ == "__main__":

@@ -185,15 +185,9 @@ def main(argv=None) -> int:
             ALLOWED_OUTPUT_VALUES,
         )
 
-    report = pu.run_tasks(
-        tasks,
-        convert,
-        workers=args.workers,
-        desc="ADE20K-847",
-        overwrite=args.overwrite,
-        verify=pu.read_back_outputs if args.verify else None,
+    return pu.run_and_summarize(
+        "prepare_ade20k_847", tasks, convert, outputs, args, desc="ADE20K-847"
     )
-    return pu.summarize("prepare_ade20k_847", report, outputs)
 
 
 if __name__ == "__main__":

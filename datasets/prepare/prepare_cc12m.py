@@ -354,15 +354,16 @@ def main(argv=None) -> int:
         )
         for shard in shards
     ]
-    report = pu.run_tasks(
+    outputs = {SPLIT: pu.SplitOutput(index_dir, ".jsonl", len(shards), expected_what="shards")}
+    return pu.run_and_summarize(
+        "prepare_cc12m",
         tasks,
         convert,
-        workers=args.workers,
+        outputs,
+        args,
         desc=f"CC12M ({extractor.name})",
-        overwrite=args.overwrite,
+        verify=None,
     )
-    outputs = {SPLIT: pu.SplitOutput(index_dir, ".jsonl", len(shards), expected_what="shards")}
-    return pu.summarize("prepare_cc12m", report, outputs)
 
 
 if __name__ == "__main__":

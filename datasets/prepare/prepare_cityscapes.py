@@ -93,15 +93,9 @@ def main(argv=None) -> int:
             gt_dir, TRAIN_ID_SUFFIX, OFFICIAL_SIZES[split], ALLOWED_OUTPUT_VALUES, recursive=True
         )
 
-    report = pu.run_tasks(
-        tasks,
-        convert,
-        workers=args.workers,
-        desc="Cityscapes",
-        overwrite=args.overwrite,
-        verify=pu.read_back_outputs if args.verify else None,
+    return pu.run_and_summarize(
+        "prepare_cityscapes", tasks, convert, outputs, args, desc="Cityscapes"
     )
-    return pu.summarize("prepare_cityscapes", report, outputs)
 
 
 if __name__ == "__main__":

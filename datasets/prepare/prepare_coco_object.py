@@ -69,33 +69,21 @@ def main(argv=None) -> int:
     dataset_dir = pu.resolve_root(args.root) / "coco-stuff"
     splits = pu.parse_splits(args.splits, SPLITS)
 
-    tasks, outputs = [], {}
-    for split in splits:
-        raw_dir = pu.require_dir(
-            dataset_dir / "annotations" / split, f"COCO-Stuff {split} stuff-thing maps", HINT
-        )
-        pu.warn_if_missing(dataset_dir / "images" / split, f"COCO {split} images")
-        raw_maps = sorted(
-            p
-            for p in raw_dir.iterdir()
-            if p.suffix == ".png" and not p.name.startswith(".") and "TrainIds" not in p.name
-        )
-        pu.check_input_count(str(raw_dir), len(raw_maps), OFFICIAL_SIZES[split])
-        out_dir = dataset_dir / "annotations_detectron2_object" / split
-        tasks += [pu.Task(split, str(p), (str(out_dir / p.name),)) for p in raw_maps]
-        outputs[split] = pu.SplitOutput(
-            out_dir, ".png", OFFICIAL_SIZES[split], ALLOWED_OUTPUT_VALUES
-        )
-
-    report = pu.run_tasks(
-        tasks,
-        convert,
-        workers=args.workers,
-        desc="COCO-Object",
-        overwrite=args.overwrite,
-        verify=pu.read_back_outputs if args.verify else None,
+    tasks, outputs = pu.annotation_folder_tasks(
+        dataset_dir,
+        splits,
+        "annotations_detectron2_object",
+        what="COCO-Stuff {split} stuff-thing maps",
+        images_what="COCO {split} images",
+        hint=HINT,
+        official_sizes=OFFICIAL_SIZES,
+        allowed_values=ALLOWED_OUTPUT_VALUES,
+        # *_labelTrainIds.png / *_instanceTrainIds.png: other tools' outputs, not raw maps.
+        skip_names_containing="TrainIds",
     )
-    return pu.summarize("prepare_coco_object", report, outputs)
+    return pu.run_and_summarize(
+        "prepare_coco_object", tasks, convert, outputs, args, desc="COCO-Object"
+    )
 
 
 if __name__ == "__main__":

@@ -44,16 +44,6 @@ HINT = (
 )
 
 
-def list_raw_maps(folder: Path):
-    # MMSeg/GroupViT converters write *_labelTrainIds.png / *_instanceTrainIds.png next to
-    # the raw maps; those are outputs of other tools, not raw maps.
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix == ".png" and not p.name.startswith(".") and "TrainIds" not in p.name
-    )
-
-
 def convert(task: pu.Task) -> pu.TaskResult:
     return pu.remap_label_png(
         task.source,
@@ -70,29 +60,22 @@ def main(argv=None) -> int:
     dataset_dir = pu.resolve_root(args.root) / "coco-stuff"
     splits = pu.parse_splits(args.splits, SPLITS)
 
-    tasks, outputs = [], {}
-    for split in splits:
-        raw_dir = pu.require_dir(
-            dataset_dir / "annotations" / split, f"COCO-Stuff {split} stuff-thing maps", HINT
-        )
-        pu.warn_if_missing(dataset_dir / "images" / split, f"COCO {split} images")
-        raw_maps = list_raw_maps(raw_dir)
-        pu.check_input_count(str(raw_dir), len(raw_maps), OFFICIAL_SIZES[split])
-        out_dir = dataset_dir / "annotations_detectron2" / split
-        tasks += [pu.Task(split, str(p), (str(out_dir / p.name),)) for p in raw_maps]
-        outputs[split] = pu.SplitOutput(
-            out_dir, ".png", OFFICIAL_SIZES[split], ALLOWED_OUTPUT_VALUES
-        )
-
-    report = pu.run_tasks(
-        tasks,
-        convert,
-        workers=args.workers,
-        desc="COCO-Stuff",
-        overwrite=args.overwrite,
-        verify=pu.read_back_outputs if args.verify else None,
+    tasks, outputs = pu.annotation_folder_tasks(
+        dataset_dir,
+        splits,
+        "annotations_detectron2",
+        what="COCO-Stuff {split} stuff-thing maps",
+        images_what="COCO {split} images",
+        hint=HINT,
+        official_sizes=OFFICIAL_SIZES,
+        allowed_values=ALLOWED_OUTPUT_VALUES,
+        # MMSeg/GroupViT converters write *_labelTrainIds.png / *_instanceTrainIds.png next
+        # to the raw maps; those are outputs of other tools, not raw maps.
+        skip_names_containing="TrainIds",
     )
-    return pu.summarize("prepare_coco_stuff", report, outputs)
+    return pu.run_and_summarize(
+        "prepare_coco_stuff", tasks, convert, outputs, args, desc="COCO-Stuff"
+    )
 
 
 if __name__ == "__main__":

@@ -100,16 +100,10 @@ def main(argv=None) -> int:
 
     out_dir = voc_dir / "annotations_detectron2" / SPLIT
     tasks = [pu.Task(SPLIT, str(mat_dir / f"{s}.mat"), (str(out_dir / f"{s}.tif"),)) for s in stems]
-    report = pu.run_tasks(
-        tasks,
-        convert,
-        workers=args.workers,
-        desc="PASCAL-Context 459",
-        overwrite=args.overwrite,
-        verify=pu.read_back_outputs if args.verify else None,
-    )
     outputs = {SPLIT: pu.SplitOutput(out_dir, ".tif", OFFICIAL_VAL_SIZE, ALLOWED_OUTPUT_VALUES)}
-    return pu.summarize("prepare_pascal_context_459", report, outputs)
+    return pu.run_and_summarize(
+        "prepare_pascal_context_459", tasks, convert, outputs, args, desc="PASCAL-Context 459"
+    )
 
 
 if __name__ == "__main__":

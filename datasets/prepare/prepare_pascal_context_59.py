@@ -226,15 +226,9 @@ def main(argv=None) -> int:
             )
         outputs[variant] = pu.SplitOutput(out_dir, ".png", OFFICIAL_VAL_SIZE, VARIANTS[variant][1])
 
-    report = pu.run_tasks(
-        tasks,
-        convert,
-        workers=args.workers,
-        desc="PASCAL-Context 59/60",
-        overwrite=args.overwrite,
-        verify=pu.read_back_outputs if args.verify else None,
+    return pu.run_and_summarize(
+        "prepare_pascal_context_59", tasks, convert, outputs, args, desc="PASCAL-Context 59/60"
     )
-    return pu.summarize("prepare_pascal_context_59", report, outputs)
 
 
 if __name__ == "__main__":

@@ -108,15 +108,9 @@ def main(argv=None) -> int:
                 out_dir, ".png", OFFICIAL_SIZES[split], OUTPUT_LAYOUTS[layout][1]
             )
 
-    report = pu.run_tasks(
-        tasks,
-        convert,
-        workers=args.workers,
-        desc="PASCAL VOC 2012",
-        overwrite=args.overwrite,
-        verify=pu.read_back_outputs if args.verify else None,
+    return pu.run_and_summarize(
+        "prepare_voc", tasks, convert, outputs, args, desc="PASCAL VOC 2012"
     )
-    return pu.summarize("prepare_voc", report, outputs)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ __all__ = [
     "resolve_root",
     "run_main",
     "run_tasks",
+    "run_and_summarize",
+    "annotation_folder_tasks",
     "count_files",
     "format_values",
     "summarize",
@@ -633,6 +635,75 @@ def summarize(
         lines.append("No failures.")
     print("\n".join(lines), file=stream)
     return 1 if failures else 0
+
+
+# ----------------------------------------------------------------------------- scripts
+
+
+def annotation_folder_tasks(
+    dataset_dir: Path,
+    splits: Sequence[str],
+    output_dirname: str,
+    *,
+    what: str,
+    images_what: str,
+    hint: str,
+    official_sizes: Dict[str, int],
+    allowed_values: Optional[frozenset],
+    skip_names_containing: Optional[str] = None,
+) -> Tuple[List[Task], Dict[str, SplitOutput]]:
+    """Tasks and summary outputs of a download with one label PNG per image, by split folder.
+
+    The layout is ``<dataset_dir>/annotations/<split>/*.png`` (label maps) next to
+    ``<dataset_dir>/images/<split>``; each map becomes one task writing
+    ``<dataset_dir>/<output_dirname>/<split>/<same name>``. For each split, before any work:
+    the annotation folder must exist (``require_dir`` with ``what.format(split=split)`` and
+    ``hint``), a missing image folder is warned about (``images_what.format(split=split)``)
+    and so is a number of maps other than ``official_sizes[split]``. Hidden files and names
+    containing ``skip_names_containing`` are not label maps.
+    """
+    tasks, outputs = [], {}
+    for split in splits:
+        raw_dir = require_dir(dataset_dir / "annotations" / split, what.format(split=split), hint)
+        warn_if_missing(dataset_dir / "images" / split, images_what.format(split=split))
+        raw_maps = sorted(
+            p
+            for p in raw_dir.iterdir()
+            if p.suffix == ".png"
+            and not p.name.startswith(".")
+            and (skip_names_containing is None or skip_names_containing not in p.name)
+        )
+        check_input_count(str(raw_dir), len(raw_maps), official_sizes[split])
+        out_dir = dataset_dir / output_dirname / split
+        tasks += [Task(split, str(p), (str(out_dir / p.name),)) for p in raw_maps]
+        outputs[split] = SplitOutput(out_dir, ".png", official_sizes[split], allowed_values)
+    return tasks, outputs
+
+
+def run_and_summarize(
+    title: str,
+    tasks: Sequence[Task],
+    convert: Callable[[Task], TaskResult],
+    outputs: Dict[str, SplitOutput],
+    args: argparse.Namespace,
+    *,
+    desc: str,
+    verify: Optional[Callable[[Task], TaskResult]] = read_back_outputs,
+) -> int:
+    """The end of every script: ``run_tasks`` then ``summarize``; returns the exit status.
+
+    ``args`` are the options of ``build_argument_parser``: ``--workers``, ``--overwrite``,
+    and ``--verify``, which re-reads skipped outputs with ``verify`` (``None``: never).
+    """
+    report = run_tasks(
+        tasks,
+        convert,
+        workers=args.workers,
+        desc=desc,
+        overwrite=args.overwrite,
+        verify=verify if args.verify else None,
+    )
+    return summarize(title, report, outputs)
 
 
 def run_main(main: Callable[[Optional[Sequence[str]]], int]) -> None:

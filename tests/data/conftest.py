@@ -95,6 +95,15 @@ def read_mode(path: Path) -> str:
         return image.mode
 
 
+def assert_label_pngs(root: Path, expected: Dict[str, np.ndarray]) -> None:
+    """Every ``{path relative to root: array}`` of ``expected`` is an ``L`` PNG holding it."""
+    for relative, array in expected.items():
+        path = root / relative
+        assert path.is_file(), relative
+        assert read_mode(path) == "L", relative
+        np.testing.assert_array_equal(read_label(path), array, err_msg=relative)
+
+
 # ----------------------------------------------------------------------------- COCO-Stuff
 
 

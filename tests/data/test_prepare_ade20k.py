@@ -9,11 +9,7 @@ from PIL import Image
 def test_ade20k_150_shifts_labels(raw, datasets_root, capsys):
     raw.write_ade20k_150_raw(datasets_root)
     assert raw.run_prepare("prepare_ade20k_150", datasets_root) == 0
-    for relative, array in raw.expected_ade20k_150().items():
-        assert raw.read_mode(datasets_root / relative) == "L"
-        np.testing.assert_array_equal(
-            raw.read_label(datasets_root / relative), array, err_msg=relative
-        )
+    raw.assert_label_pngs(datasets_root, raw.expected_ade20k_150())
     # validation only by default, as the official script
     assert not (
         datasets_root / "ADEChallengeData2016" / "annotations_detectron2" / "training"

@@ -2,22 +2,13 @@
 
 import os
 
-import numpy as np
 import pytest
-
-
-def _assert_outputs(raw, root, expected):
-    for relative, array in expected.items():
-        path = root / relative
-        assert path.is_file(), relative
-        assert raw.read_mode(path) == "L", relative
-        np.testing.assert_array_equal(raw.read_label(path), array, err_msg=relative)
 
 
 def test_coco_stuff_labels_match_hand_computed(raw, datasets_root, capsys):
     raw.write_coco_stuff_raw(datasets_root)
     assert raw.run_prepare("prepare_coco_stuff", datasets_root) == 0
-    _assert_outputs(raw, datasets_root, raw.expected_coco_stuff())
+    raw.assert_label_pngs(datasets_root, raw.expected_coco_stuff())
     summary = capsys.readouterr().out
     assert "[val2017] 2 files in" in summary and "[train2017] 1 files in" in summary
     assert (
@@ -56,7 +47,7 @@ def test_coco_stuff_is_resumable_idempotent_and_reports_corrupt_maps(raw, datase
 def test_coco_stuff_parallel_run_equals_serial(raw, datasets_root):
     raw.write_coco_stuff_raw(datasets_root)
     assert raw.run_prepare("prepare_coco_stuff", datasets_root, workers=2) == 0
-    _assert_outputs(raw, datasets_root, raw.expected_coco_stuff())
+    raw.assert_label_pngs(datasets_root, raw.expected_coco_stuff())
 
 
 def test_coco_stuff_missing_download_names_folder_and_source(raw, datasets_root):
@@ -74,7 +65,7 @@ def test_coco_stuff_missing_download_names_folder_and_source(raw, datasets_root)
 def test_coco_object_labels_match_hand_computed(raw, datasets_root, capsys):
     raw.write_coco_stuff_raw(datasets_root)
     assert raw.run_prepare("prepare_coco_object", datasets_root) == 0
-    _assert_outputs(raw, datasets_root, raw.expected_coco_object())
+    raw.assert_label_pngs(datasets_root, raw.expected_coco_object())
     # val2017 only by default (the benchmark split).
     assert not (
         datasets_root / "coco-stuff" / "annotations_detectron2_object" / "train2017"

@@ -218,36 +218,29 @@ class SemSegDataset:
 _classes = builtin_meta.class_names
 _with_background = builtin_meta.with_background
 
+
+def _coco_stuff_171(name: str, split: str, official_size: int) -> SemSegDataset:
+    """A COCO-Stuff 171-class split: ``coco-stuff/{images,annotations_detectron2}/<split>``."""
+    return SemSegDataset(
+        name=name,
+        image_dir=f"coco-stuff/images/{split}",
+        gt_dir=f"coco-stuff/annotations_detectron2/{split}",
+        image_ext="jpg",
+        gt_ext="png",
+        classes=functools.partial(_classes, "coco_stuff_171.json"),
+        ignore_label=255,
+        split_defined_by="images",
+        official_size=official_size,
+        prepare_script=_PREPARE + "prepare_coco_stuff.py",
+        download=_COCO_DOWNLOAD,
+        extra_metadata=lambda: {"stuff_dataset_id_to_contiguous_id": _coco_stuff_id_map()},
+    )
+
+
 SEM_SEG_DATASETS: Tuple[SemSegDataset, ...] = (
     # ---------------------------------------------------------------- SED / CAT-Seg protocol
-    SemSegDataset(
-        name="coco_2017_train_stuff_all_sem_seg",
-        image_dir="coco-stuff/images/train2017",
-        gt_dir="coco-stuff/annotations_detectron2/train2017",
-        image_ext="jpg",
-        gt_ext="png",
-        classes=functools.partial(_classes, "coco_stuff_171.json"),
-        ignore_label=255,
-        split_defined_by="images",
-        official_size=118287,
-        prepare_script=_PREPARE + "prepare_coco_stuff.py",
-        download=_COCO_DOWNLOAD,
-        extra_metadata=lambda: {"stuff_dataset_id_to_contiguous_id": _coco_stuff_id_map()},
-    ),
-    SemSegDataset(
-        name="coco_2017_test_stuff_all_sem_seg",
-        image_dir="coco-stuff/images/val2017",
-        gt_dir="coco-stuff/annotations_detectron2/val2017",
-        image_ext="jpg",
-        gt_ext="png",
-        classes=functools.partial(_classes, "coco_stuff_171.json"),
-        ignore_label=255,
-        split_defined_by="images",
-        official_size=5000,
-        prepare_script=_PREPARE + "prepare_coco_stuff.py",
-        download=_COCO_DOWNLOAD,
-        extra_metadata=lambda: {"stuff_dataset_id_to_contiguous_id": _coco_stuff_id_map()},
-    ),
+    _coco_stuff_171("coco_2017_train_stuff_all_sem_seg", "train2017", official_size=118287),
+    _coco_stuff_171("coco_2017_test_stuff_all_sem_seg", "val2017", official_size=5000),
     SemSegDataset(
         name="ade20k_150_test_sem_seg",
         image_dir="ADEChallengeData2016/images/validation",

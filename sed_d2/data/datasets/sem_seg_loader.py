@@ -84,6 +84,18 @@ def _examples(stems) -> str:
     return shown + (", ..." if len(stems) > _MAX_EXAMPLES else "")
 
 
+def _raise_if_unpaired(unpaired, dataset: str, files_without_partner: str, advice: str) -> None:
+    """Raise ``IncompleteDatasetError`` when some files lack their partner in the other folder.
+
+    The message: ``"<dataset>: <N> of the <files_without_partner> (e.g. <stems>); <advice>"``.
+    """
+    if unpaired:
+        raise IncompleteDatasetError(
+            f"{dataset}: {len(unpaired)} of the {files_without_partner} "
+            f"(e.g. {_examples(unpaired)}); {advice}"
+        )
+
+
 def load_sem_seg_pairs(
     dataset_name: str,
     *,
@@ -146,22 +158,19 @@ def load_sem_seg_pairs(
             f"Dataset '{dataset_name}': the image folder {image_root} holds no *{image_suffix} "
             f"file. Download {download} under ${DATASETS_ENV_VAR} (see datasets/README.md)."
         )
-    labels_only = labels.keys() - images.keys()
-    if labels_only:
-        raise IncompleteDatasetError(
-            f"Dataset '{dataset_name}': {len(labels_only)} of the {len(labels)} label files in "
-            f"{gt_root} have no image in {image_root} (e.g. {_examples(labels_only)}); the "
-            f"images are incomplete or from another release. Re-download {download}."
-        )
+    _raise_if_unpaired(
+        labels.keys() - images.keys(),
+        f"Dataset '{dataset_name}'",
+        f"{len(labels)} label files in {gt_root} have no image in {image_root}",
+        f"the images are incomplete or from another release. Re-download {download}.",
+    )
     if split_defined_by == "images":
-        images_only = images.keys() - labels.keys()
-        if images_only:
-            raise IncompleteDatasetError(
-                f"Dataset '{dataset_name}' is half-prepared: {len(images_only)} of the "
-                f"{len(images)} images in {image_root} have no label in {gt_root} "
-                f"(e.g. {_examples(images_only)}); only {len(labels)} labels exist. "
-                f"Rerun: {run}  (finished files are skipped)"
-            )
+        _raise_if_unpaired(
+            images.keys() - labels.keys(),
+            f"Dataset '{dataset_name}' is half-prepared",
+            f"{len(images)} images in {image_root} have no label in {gt_root}",
+            f"only {len(labels)} labels exist. Rerun: {run}  (finished files are skipped)",
+        )
     stems = sorted(labels)
     if official_size is not None and len(stems) != official_size:
         logger.warning(
