@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -71,3 +72,31 @@ def test_gradient_is_sigmoid_minus_target():
     one_hot_bce_loss(logits, targets, 255).backward()
     expected = (logits.detach().sigmoid() - F.one_hot(targets, 3).permute(0, 3, 1, 2)) / logits.numel()
     torch.testing.assert_close(logits.grad, expected)
+
+
+@pytest.mark.parametrize("ignore_as_negative", [True, False])
+@pytest.mark.parametrize("size", [(8, 8), (16, 20)])
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100])
+def test_chunked_loss_equals_plain_loss(ignore_as_negative, size, chunk):
+    generator = torch.Generator().manual_seed(7)
+    logits = torch.randn(2, 7, 8, 8, dtype=torch.float64, generator=generator, requires_grad=True)
+    targets = torch.randint(0, 7, (2, *size), generator=generator)
+    targets[0, :3] = 255
+    plain = one_hot_bce_loss(logits, targets, 255, ignore_as_negative)
+    chunked = one_hot_bce_loss(logits, targets, 255, ignore_as_negative, chunk_classes=chunk)
+    torch.testing.assert_close(chunked, plain, rtol=1e-13, atol=1e-15)
+    grad_plain, = torch.autograd.grad(plain, logits)
+    grad_chunked, = torch.autograd.grad(chunked, logits)
+    torch.testing.assert_close(grad_chunked, grad_plain, rtol=1e-12, atol=1e-16)
+
+
+def test_chunked_loss_from_bf16_logits_is_float32_and_close():
+    generator = torch.Generator().manual_seed(8)
+    logits = torch.randn(2, 5, 6, 6, generator=generator).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, 5, (2, 12, 12), generator=generator)
+    chunked = one_hot_bce_loss(logits, targets, 255, chunk_classes=2)
+    assert chunked.dtype == torch.float32
+    plain = one_hot_bce_loss(logits.float(), targets, 255)
+    torch.testing.assert_close(chunked, plain)
+    chunked.backward()
+    assert logits.grad.dtype == torch.bfloat16

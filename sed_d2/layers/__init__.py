@@ -7,7 +7,9 @@ from .class_transformer import ClassTransformerLayer, Mlp
 from .convnext_block import ConvNeXtBlock
 from .cost_volume import CostEmbedding, CostVolume, cosine_cost_volume
 from .linear_attention import LinearAttention, MultiHeadLinearAttention, linear_attention
-from .upsampling import Conv2dReLU, ConvTranspose2dReLU, DoubleConv, SkipFusion
+from .kernels import depthwise_conv2d, normalize_rows
+from .norms import fold_layer_norm_into_linear, group_norm, layer_norm_linear, normalize_last_dim
+from .upsampling import Conv2dReLU, ConvTranspose2dReLU, DoubleConv, SkipFusion, conv_transpose_2x2
 
 __all__ = [
     "ClassTransformerLayer",
@@ -21,6 +23,13 @@ __all__ = [
     "Mlp",
     "MultiHeadLinearAttention",
     "SkipFusion",
+    "conv_transpose_2x2",
     "cosine_cost_volume",
+    "depthwise_conv2d",
+    "fold_layer_norm_into_linear",
+    "group_norm",
+    "layer_norm_linear",
     "linear_attention",
+    "normalize_last_dim",
+    "normalize_rows",
 ]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .linear_attention import MultiHeadLinearAttention
+from .norms import layer_norm_linear
 
 __all__ = ["ClassTransformerLayer", "Mlp"]
 
@@ -96,23 +97,19 @@ class ClassTransformerLayer(nn.Module):
         if pooling != (1, 1):
             pooled = F.avg_pool2d(pooled, pooling)
         pooled_h, pooled_w = pooled.shape[-2:]
-        # (B*T, C, h, w) -> (B*h*w, T, C): one sequence of class tokens per position.
-        tokens = pooled.view(batch, num_classes, channels, pooled_h, pooled_w).permute(0, 3, 4, 1, 2)
-        tokens = tokens.reshape(batch * pooled_h * pooled_w, num_classes, channels)
+        # (B*T, C, h, w) -> (B, T, h*w, C): the class axis is the sequence (dim 1) and every
+        # position attends on its own. For channels-last maps this is a view, no copy.
+        tokens = pooled.permute(0, 2, 3, 1).reshape(batch, num_classes, pooled_h * pooled_w, channels)
         if guidance is not None:
-            guidance = guidance[:, None, None].expand(batch, pooled_h, pooled_w, *guidance.shape[1:])
-            guidance = guidance.reshape(batch * pooled_h * pooled_w, num_classes, -1)
-        tokens = tokens + self.attention(self.attention_norm(tokens), guidance)
-        tokens = tokens + self.mlp(self.mlp_norm(tokens))
-        pooled = tokens.view(batch, pooled_h, pooled_w, num_classes, channels).permute(0, 3, 4, 1, 2)
+            guidance = guidance[:, :, None].expand(batch, num_classes, pooled_h * pooled_w, guidance.shape[-1])
+        # pre-norms folded into the projections that follow them (exact algebra)
+        tokens = tokens + self.attention(tokens, guidance, norm=self.attention_norm)
+        hidden = self.mlp.act(layer_norm_linear(tokens, self.mlp_norm, self.mlp.fc1))
+        tokens = tokens + self.mlp.fc2(hidden)
+        pooled = tokens.view(batch * num_classes, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)
         if (pooled_h, pooled_w) != (height, width):
-            pooled = F.interpolate(
-                pooled.reshape(batch * num_classes, channels, pooled_h, pooled_w),
-                size=(height, width),
-                mode="bilinear",
-                align_corners=True,
-            ).view(batch, num_classes, channels, height, width)
-        return x + pooled
+            pooled = F.interpolate(pooled, size=(height, width), mode="bilinear", align_corners=True)
+        return x + pooled.unflatten(0, (batch, num_classes))
 
     def extra_repr(self) -> str:
         return f"pooling_size={self.pooling_size}, test_pooling_size={self.test_pooling_size}"

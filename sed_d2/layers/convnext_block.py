@@ -6,6 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .kernels import depthwise_conv2d
+from .norms import layer_norm_linear
+
 __all__ = ["ConvNeXtBlock"]
 
 
@@ -14,7 +17,8 @@ class ConvNeXtBlock(nn.Module):
 
     ``x + layer_scale * fc2(gelu(fc1(norm(depthwise_conv(x)))))`` with the norm and the
     two linear layers applied channels-last. One residual around the whole block, no
-    drop-path.
+    drop-path. Any memory layout works; a channels-last input (what the SED decoder
+    passes) needs no layout copy and gives a channels-last output.
 
     Args:
         dim: channels ``C``.
@@ -50,7 +54,11 @@ class ConvNeXtBlock(nn.Module):
         self.layer_scale = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.depthwise_conv(x).permute(0, 2, 3, 1)  # channels last
-        y = self.fc2(F.gelu(self.fc1(self.norm(y))))
-        y = (y * self.layer_scale).permute(0, 3, 1, 2)
-        return x + y
+        # For a channels-last x every permute below is free and the residual add runs on
+        # matching layouts. The LayerNorm affine is folded into fc1 and the layer scale
+        # into fc2 (exact algebra; the parameters keep their names and values).
+        conv = self.depthwise_conv  # its parameters; channels-last CUDA maps take a Triton kernel
+        y = depthwise_conv2d(x, conv.weight, conv.bias).permute(0, 2, 3, 1)  # (N, H, W, C)
+        y = F.gelu(layer_norm_linear(y, self.norm, self.fc1))
+        y = F.linear(y, self.fc2.weight * self.layer_scale[:, None], self.fc2.bias * self.layer_scale)
+        return x + y.permute(0, 3, 1, 2)

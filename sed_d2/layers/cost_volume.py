@@ -69,6 +69,9 @@ class CostEmbedding(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
 
     def forward(self, cost: Tensor) -> Tensor:
-        batch, _, num_classes = cost.shape[:3]
-        x = self.conv(cost.transpose(1, 2).flatten(0, 1))
-        return x.unflatten(0, (batch, num_classes))
+        return self.embed_class_maps(cost.transpose(1, 2))
+
+    def embed_class_maps(self, cost: Tensor) -> Tensor:
+        """The same on the class-batched layout: ``(B, T, P, h, w) -> (B, T, out, h, w)``.
+        The maps' memory layout carries over (channels-last in, channels-last out)."""
+        return self.conv(cost.flatten(0, 1)).unflatten(0, cost.shape[:2])

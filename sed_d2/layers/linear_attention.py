@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .norms import fold_layer_norm_into_linear, normalize_last_dim
+
 __all__ = ["linear_attention", "LinearAttention", "MultiHeadLinearAttention"]
 
 
@@ -13,22 +15,31 @@ def linear_attention(queries: Tensor, keys: Tensor, values: Tensor, eps: float =
     """Non-causal, unmasked linear attention with the ``elu(x) + 1`` feature map.
 
     Args:
-        queries: ``(N, L, H, D)``; keys: ``(N, S, H, D)``; values: ``(N, S, H, Dv)``.
+        queries: ``(N, L, *P, H, D)``; keys: ``(N, S, *P, H, D)``; values:
+            ``(N, S, *P, H, Dv)``. Dimension 1 is the sequence; ``P`` are optional extra
+            independent positions (e.g. pixels when the sequence is the class axis of a
+            ``(B, T, h*w, C)`` map), so no layout change is needed to attend along dim 1.
 
     Returns:
-        ``(N, L, H, Dv)`` with
+        ``(N, L, *P, H, Dv)`` with
         ``out_l = phi(q_l) . sum_s phi(k_s) v_s^T / (phi(q_l) . sum_s phi(k_s) + eps)``.
-        Like the official SED/CAT-Seg code, the values are divided by ``S`` before the
-        sums and the result multiplied by ``S`` afterwards (an fp16 overflow guard, neutral
-        in exact arithmetic; it keeps our rounding close to theirs).
+        (The official SED/CAT-Seg code divides the values by ``S`` before the sums and
+        multiplies by ``S`` after, an fp16 overflow guard that cancels exactly; bf16 and
+        float32 do not need it.) Numerator and denominator come from one batched product:
+        ``sum_s phi(k_s)`` is appended to ``sum_s phi(k_s) v_s^T`` as an extra column.
     """
-    q = F.elu(queries) + 1.0
-    k = F.elu(keys) + 1.0
-    length = values.shape[1]
-    kv = torch.einsum("nshd,nshe->nhde", k, values / length)
-    normaliser = 1.0 / (torch.einsum("nlhd,nhd->nlh", q, k.sum(dim=1)) + eps)
-    out = torch.einsum("nlhd,nhde->nlhe", q, kv)
-    return out * (normaliser.unsqueeze(-1) * length)
+    batch, length = queries.shape[:2]
+    extra = queries.shape[2:-2]
+    heads, head_dim = queries.shape[-2:]
+    value_dim = values.shape[-1]
+    q = (F.elu(queries) + 1.0).reshape(batch, length, -1, heads, head_dim)
+    k = (F.elu(keys) + 1.0).reshape(batch, keys.shape[1], -1, heads, head_dim)
+    v = values.reshape(batch, values.shape[1], -1, heads, value_dim)
+    kv = torch.einsum("nspha,nsphe->nphae", k, v)  # (N, P, H, D, Dv)
+    kv = torch.cat([kv, k.sum(dim=1).unsqueeze(-1).to(kv.dtype)], dim=-1)
+    out = torch.einsum("nlpha,nphae->nlphe", q, kv)  # (N, L, P, H, Dv + 1)
+    out = out[..., :value_dim] / (out[..., value_dim:] + eps)
+    return out.reshape(batch, length, *extra, heads, value_dim)
 
 
 class LinearAttention(nn.Module):
@@ -55,7 +66,10 @@ class MultiHeadLinearAttention(nn.Module):
         guidance_dim: channels of an optional guidance tensor concatenated to the input
             of the query and key projections (CAT-Seg text guidance). 0 = none (SED).
 
-    ``forward(x (N, L, dim), guidance (N, L, guidance_dim) | None) -> (N, L, dim)``.
+    ``forward(x (N, L, *P, dim), guidance (N, L, *P, guidance_dim) | None, norm=None)
+    -> (N, L, *P, dim)``: attention along dim 1, independently for every ``N`` and
+    extra position ``P``. ``norm`` (a ``LayerNorm(dim)``) is applied to ``x`` first,
+    folded into the projections: ``forward(x, g, norm) == forward(norm(x), g)``.
     Parameters: ``query``, ``key``, ``value`` (official: ``q``, ``k``, ``v``).
     """
 
@@ -70,11 +84,26 @@ class MultiHeadLinearAttention(nn.Module):
         self.value = nn.Linear(dim, dim)
         self.attention = LinearAttention(eps)
 
-    def forward(self, x: Tensor, guidance: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, guidance: Tensor | None = None, norm: nn.LayerNorm | None = None) -> Tensor:
         if (guidance is not None) != (self.guidance_dim > 0):
             raise ValueError("guidance must be given exactly when guidance_dim > 0")
-        qk_input = x if guidance is None else torch.cat([x, guidance], dim=-1)
-        q = self.query(qk_input).unflatten(-1, (self.num_heads, -1))
-        k = self.key(qk_input).unflatten(-1, (self.num_heads, -1))
-        v = self.value(x).unflatten(-1, (self.num_heads, -1))
-        return self.attention(q, k, v).flatten(-2)
+        dim = x.shape[-1]
+        layers = (self.query, self.key, self.value)
+        if norm is None:
+            params = [(layer.weight, layer.bias) for layer in layers]
+        else:
+            x = normalize_last_dim(x, norm.eps)
+            params = [fold_layer_norm_into_linear(norm, layer.weight, layer.bias, dim) for layer in layers]
+        if guidance is None:
+            # one projection for q, k and v: x is read once
+            weight = torch.cat([w for w, _ in params])
+            bias = None if any(b is None for _, b in params) else torch.cat([b for _, b in params])
+            q, k, v = F.linear(x, weight, bias).split(dim, dim=-1)
+        else:
+            weight = torch.cat([w for w, _ in params[:2]])
+            bias = None if any(b is None for _, b in params[:2]) else torch.cat([b for _, b in params[:2]])
+            q, k = F.linear(torch.cat([x, guidance], dim=-1), weight, bias).split(dim, dim=-1)
+            v = F.linear(x, *params[2])
+        heads = (self.num_heads, -1)
+        out = self.attention(q.unflatten(-1, heads), k.unflatten(-1, heads), v.unflatten(-1, heads))
+        return out.flatten(-2)

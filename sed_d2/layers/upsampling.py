@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Conv2dReLU", "ConvTranspose2dReLU", "DoubleConv", "SkipFusion"]
+from .norms import group_norm
+
+__all__ = ["Conv2dReLU", "ConvTranspose2dReLU", "DoubleConv", "SkipFusion", "conv_transpose_2x2"]
 
 
 class Conv2dReLU(nn.Conv2d):
@@ -18,10 +20,37 @@ class Conv2dReLU(nn.Conv2d):
 
 
 class ConvTranspose2dReLU(nn.ConvTranspose2d):
-    """``relu(conv_transpose(x))``; see :class:`Conv2dReLU`."""
+    """``relu(conv_transpose(x))``; see :class:`Conv2dReLU`. The ``k = s = 2`` case runs
+    as :func:`conv_transpose_2x2`."""
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        if output_size is None and _is_plain_2x2(self):
+            return torch.relu_(conv_transpose_2x2(x, self.weight, self.bias))
         return F.relu(super().forward(x, output_size))
+
+
+def _is_plain_2x2(conv: nn.ConvTranspose2d) -> bool:
+    return (
+        conv.kernel_size == (2, 2)
+        and conv.stride == (2, 2)
+        and conv.padding == (0, 0)
+        and conv.output_padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+    )
+
+
+def conv_transpose_2x2(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.conv_transpose2d(x, weight, bias, stride=2)`` for a ``(C, O, 2, 2)`` weight, as
+    one matrix product over channels and a pixel shuffle (every output pixel has exactly
+    one input pixel): ``(N, C, H, W) -> (N, O, 2H, 2W)``, channels-last. Much faster than
+    cuDNN's transposed convolution on channels-last maps with few channels."""
+    batch, channels, height, width = x.shape
+    out_channels = weight.shape[1]
+    matrix = weight.permute(0, 2, 3, 1).reshape(channels, 4 * out_channels)  # (C, (a, b, O))
+    y = F.linear(x.permute(0, 2, 3, 1), matrix.t(), None if bias is None else bias.repeat(4))
+    y = y.view(batch, height, width, 2, 2, out_channels).permute(0, 1, 3, 2, 4, 5)
+    return y.reshape(batch, 2 * height, 2 * width, out_channels).permute(0, 3, 1, 2)
 
 
 class DoubleConv(nn.Module):
@@ -49,9 +78,41 @@ class DoubleConv(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.norm2 = nn.GroupNorm(groups, out_channels)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.norm1(self.conv1(x)))
-        return F.relu(self.norm2(self.conv2(x)))
+    def forward(self, x: Tensor, shared: Tensor | None = None, shared_at: int = 0) -> Tensor:
+        """
+        Args:
+            x: ``(N, C, H, W)`` input; without ``shared``, ``C = in_channels``.
+            shared: optional ``(B, S, H, W)`` input channels common to groups of ``N / B``
+                consecutive samples (sample ``n`` uses ``shared[n // (N / B)]``), which sit
+                at channels ``shared_at .. shared_at + S`` of the conv input; ``x`` then
+                holds the other ``in_channels - S`` channels. The result equals
+                ``forward(cat([x[:, :shared_at], shared.repeat_interleave(N // B, 0),
+                x[:, shared_at:]], 1))``, but the shared part of the first convolution
+                (which has no bias) runs once per ``B`` and is broadcast: the repeated
+                tensor is never built.
+
+        Any memory layout; channels-last in, channels-last out.
+        """
+        if shared is None:
+            y = self.conv1(x)
+        else:
+            conv, width = self.conv1, shared.shape[1]
+            if x.shape[1] + width != conv.in_channels or not 0 <= shared_at <= x.shape[1]:
+                raise ValueError(
+                    f"{x.shape[1]} + {width} shared channels at {shared_at} do not make the "
+                    f"{conv.in_channels} input channels"
+                )
+            weight = conv.weight
+            own = torch.cat([weight[:, :shared_at], weight[:, shared_at + width :]], dim=1)
+            y = F.conv2d(x, own, conv.bias, conv.stride, conv.padding, conv.dilation)
+            common = F.conv2d(shared, weight[:, shared_at : shared_at + width], None, conv.stride, conv.padding, conv.dilation)
+            common = common.unsqueeze(1).to(y.dtype)
+            if torch.is_grad_enabled():
+                y = (y.unflatten(0, (shared.shape[0], -1)) + common).flatten(0, 1)
+            else:
+                y.unflatten(0, (shared.shape[0], -1)).add_(common)
+        y = group_norm(y, self.norm1, relu=True)
+        return group_norm(self.conv2(y), self.norm2, relu=True)
 
 
 class SkipFusion(nn.Module):
@@ -63,8 +124,9 @@ class SkipFusion(nn.Module):
        cost guidance]`` (the official order);
     3. :class:`DoubleConv` to ``out_channels``.
 
-    The skip guidance is shared by the classes of an image: it is broadcast with
-    ``expand`` and written straight into the concatenation, never repeated in memory.
+    The skip guidance is shared by the classes of an image: the part of the first
+    convolution that reads it runs once per image and is broadcast over the classes
+    (:meth:`DoubleConv.forward` with ``shared``), so it is never repeated in memory.
 
     Args:
         in_channels: channels of the input map.
@@ -87,12 +149,15 @@ class SkipFusion(nn.Module):
 
     def forward(self, x: Tensor, skip: Tensor | None = None, cost: Tensor | None = None) -> Tensor:
         batch, num_classes = x.shape[:2]
-        parts = [self.upsample(x.flatten(0, 1)).unflatten(0, (batch, num_classes))]
         if (skip is not None) != (self.skip_channels > 0) or (cost is not None) != (self.cost_channels > 0):
             raise ValueError("skip / cost guidance must be given exactly when their channels are > 0")
-        if skip is not None:
-            parts.append(skip.unsqueeze(1).expand(batch, num_classes, *skip.shape[1:]))
+        up = self.upsample
+        x = x.flatten(0, 1)
+        parts = [conv_transpose_2x2(x, up.weight, up.bias) if _is_plain_2x2(up) else up(x)]
         if cost is not None:
-            parts.append(cost)
-        x = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
-        return self.double_conv(x.flatten(0, 1)).unflatten(0, (batch, num_classes))
+            parts.append(cost.flatten(0, 1))
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        # The skip guidance enters the first convolution as a shared input: its share of
+        # that convolution runs once per image instead of once per class.
+        x = self.double_conv(x, skip, shared_at=self.upsample.out_channels)
+        return x.unflatten(0, (batch, num_classes))

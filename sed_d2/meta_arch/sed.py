@@ -40,6 +40,9 @@ class SED(OpenVocabSegmentor):
         super().__init__(**kwargs)
         self.model = model
         self.cer_topk = cer_topk
+        # Benchmarks only (tools/benchmark.py): > 0 makes rejection keep exactly this many
+        # classes per image (SEDDecoder.forward's cer_keep_classes). Not a config key.
+        self.cer_keep_classes = 0
         self.ignore_as_negative = ignore_as_negative
 
     @classmethod
@@ -87,7 +90,11 @@ class SED(OpenVocabSegmentor):
         )
 
     def forward_test(self, images, text_embeddings) -> torch.Tensor:
-        output = self.model(images, text_embeddings, cer_topk=self.cer_topk)
+        output = self.model(
+            images, text_embeddings, cer_topk=self.cer_topk, cer_keep_classes=self.cer_keep_classes
+        )
         # Sigmoid before resizing: rejected classes carry -inf logits and become exactly 0.
-        return output.logits.sigmoid()
+        # In float32 also under bf16: bf16 probabilities near 1 are 2^-8 apart, which would
+        # turn close scores of confident classes into argmax ties.
+        return output.logits.float().sigmoid()
 

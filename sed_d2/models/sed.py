@@ -15,6 +15,7 @@ the official behaviour is the default and the paper's variant is an argument:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Mapping, NamedTuple, Sequence
 
 import torch
@@ -75,11 +76,52 @@ class SEDStage(nn.Module):
         )
         self.fusion = SkipFusion(in_channels, out_channels, skip_channels=skip_channels, cost_channels=cost_channels)
 
-    def forward(self, x: Tensor, skip: Tensor, cost: Tensor) -> Tensor:
+    def forward(self, x: Tensor, skip: Tensor, cost: Tensor, chunk_classes: int = 0) -> Tensor:
+        """``chunk_classes > 0`` (honoured only with gradients off): the per-class parts
+        (spatial block, fusion) run on that many classes of one image at a time, which
+        bounds their intermediate memory; class attention always sees all classes. The
+        result is the same."""
         batch, num_classes = x.shape[:2]
-        x = self.spatial_block(x.flatten(0, 1)).unflatten(0, (batch, num_classes))
+        if chunk_classes <= 0 or torch.is_grad_enabled() or (batch == 1 and chunk_classes >= num_classes):
+            x = self.spatial_block(x.flatten(0, 1)).unflatten(0, (batch, num_classes))
+            x = self.class_block(x)
+            return self.fusion(x, skip, cost)
+        x = _in_class_chunks(lambda b, part: self.spatial_block(part.flatten(0, 1)).unsqueeze(0), chunk_classes, x)
         x = self.class_block(x)
-        return self.fusion(x, skip, cost)
+        return _in_class_chunks(
+            lambda b, part, part_cost: self.fusion(part, skip[b : b + 1], part_cost), chunk_classes, x, cost
+        )
+
+
+def _in_class_chunks(fn, chunk: int, *maps: Tensor) -> Tensor:
+    """Run ``fn(image, *[m[image:image+1, chunk of classes] for m in maps])`` over every
+    image and chunk of classes and gather the ``(1, t, C, H, W)`` results into one
+    ``(B, T, C, H, W)`` tensor of channels-last maps."""
+    batch, num_classes = maps[0].shape[:2]
+    output = None
+    for image in range(batch):
+        for start in range(0, num_classes, chunk):
+            part = fn(image, *(m[image : image + 1, start : start + chunk] for m in maps))
+            if output is None:
+                output = _empty_class_maps(batch, num_classes, part)
+            output[image : image + 1, start : start + part.shape[1]].copy_(part)
+    return output
+
+
+def _empty_class_maps(batch: int, num_classes: int, like: Tensor) -> Tensor:
+    channels, height, width = like.shape[-3:]
+    empty = torch.empty(
+        (batch * num_classes, channels, height, width),
+        dtype=like.dtype,
+        device=like.device,
+        memory_format=torch.channels_last,
+    )
+    return empty.unflatten(0, (batch, num_classes))
+
+
+def _class_maps(x: Tensor) -> Tensor:
+    """``(B, T, C, H, W)`` with every class map channels-last (free if it already is)."""
+    return x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
 
 
 def _per_stage(value: int | Sequence[int], num_stages: int, name: str) -> tuple[int, ...]:
@@ -107,6 +149,16 @@ class SEDDecoder(nn.Module):
         pooling_size: class-attention pooling in training mode (official configs: 2x2).
         test_pooling_size: class-attention pooling in eval mode (official ``eval.sh``: 1x1).
         skip_feature_names: keys of ``skip_features`` read by the stages, coarse to fine.
+        inference_chunk_pixels: with gradients off, the per-class parts of a stage run on
+            chunks of classes of about this many output pixels (classes x stage output
+            area) to bound peak memory at large vocabularies; 0 = all classes at once.
+            Never changes the result.
+
+    Speed (none of it changes the function or the parameters): class maps are kept
+    channels-last throughout, so the ConvNeXt and class-attention layers (which work on
+    the channel axis) need no layout copies and the convolutions run as NHWC; norms keep
+    the activation dtype under bf16 autocast (:mod:`sed_d2.layers.norms`); the skip
+    guidance's share of each fusion convolution runs once per image, not per class.
 
     ``forward`` returns :class:`SEDOutput`. Parameter names map 1:1 (same shapes) to the
     official ones, see :mod:`sed_d2.checkpoint`.
@@ -127,9 +179,11 @@ class SEDDecoder(nn.Module):
         pooling_size: Sequence[int] = (2, 2),
         test_pooling_size: Sequence[int] = (1, 1),
         skip_feature_names: Sequence[str] = ("res4", "res3", "res2"),
+        inference_chunk_pixels: int = 2**23,
     ) -> None:
         super().__init__()
         num_stages = len(decoder_dims)
+        self.inference_chunk_pixels = int(inference_chunk_pixels)
         skip_channels = _per_stage(skip_channels, num_stages, "skip_channels")
         skip_proj_dims = _per_stage(skip_proj_dims, num_stages, "skip_proj_dims")
         cost_guidance_dims = _per_stage(cost_guidance_dims, num_stages, "cost_guidance_dims")
@@ -170,6 +224,7 @@ class SEDDecoder(nn.Module):
         text_embeddings: Tensor,
         skip_features: Mapping[str, Tensor],
         cer_topk: int = 0,
+        cer_keep_classes: int = 0,
     ) -> SEDOutput:
         """
         Args:
@@ -179,14 +234,20 @@ class SEDDecoder(nn.Module):
                 ``(h, w)`` grid. Used as given (the caller detaches them).
             cer_topk: ``k`` of category early rejection; used only in eval mode and when
                 ``> 0`` (the official code also ignores it in training).
+            cer_keep_classes: for measuring the rejection path (benchmarks, diagnostics):
+                when ``> 0`` (eval mode), every rejection point keeps exactly the
+                ``min(n, alive)`` classes with the highest maximum auxiliary logit of the
+                image instead of the top-``k`` union, so the number of surviving classes
+                is fixed whatever the weights (random weights reject nothing).
+                ``cer_topk`` is then ignored.
 
         Returns:
             :class:`SEDOutput` with ``(B, T, 8h, 8w)`` logits (``-inf`` for classes
             rejected by CER) and, in training, the three auxiliary logits.
         """
-        cost = self.cost_volume(image_embedding, text_embeddings)  # (B, P, T, h, w)
-        x = self.cost_embed(cost)  # (B, T, hidden, h, w)
-        cost = cost.transpose(1, 2)  # (B, T, P, h, w), contiguous
+        cost = self.cost_volume(image_embedding, text_embeddings).transpose(1, 2)  # (B, T, P, h, w)
+        cost = _class_maps(cost)
+        x = self.cost_embed(cost.transpose(1, 2))  # (B, T, hidden, h, w), channels-last maps
         height, width = cost.shape[-2:]
         skips = []
         for index, (projection, name) in enumerate(zip(self.skip_projections, self.skip_feature_names)):
@@ -194,28 +255,41 @@ class SEDDecoder(nn.Module):
             expected = (height * 2 ** (index + 1), width * 2 ** (index + 1))
             if tuple(feature.shape[-2:]) != expected:
                 raise ValueError(f"skip feature {name!r} is {tuple(feature.shape[-2:])}, expected {expected}")
-            skips.append(projection(feature))
-        if cer_topk > 0 and not self.training:
-            return SEDOutput(self._forward_with_rejection(x, cost, skips, cer_topk))
+            skips.append(projection(feature.contiguous(memory_format=torch.channels_last)))
+        if (cer_topk > 0 or cer_keep_classes > 0) and not self.training:
+            return SEDOutput(self._forward_with_rejection(x, cost, skips, cer_topk, cer_keep_classes))
         aux_logits = []
         for index, stage in enumerate(self.stages):
             if self.training:
                 # stop-gradient #2: the rejection heads never train the decoder
                 aux_logits.append(_class_logits(self.aux_heads[index], x.detach()))
             cost = self._upsample_cost(index, cost)
-            x = stage(x, skips[index], cost)
+            x = stage(x, skips[index], cost, chunk_classes=self._chunk_classes(cost))
         return SEDOutput(_class_logits(self.head, x), tuple(aux_logits))
+
+    def _chunk_classes(self, stage_output: Tensor) -> int:
+        if self.inference_chunk_pixels <= 0:
+            return 0
+        return max(1, self.inference_chunk_pixels // (stage_output.shape[-2] * stage_output.shape[-1]))
 
     def _upsample_cost(self, index: int, cost: Tensor) -> Tensor:
         batch, num_classes = cost.shape[:2]
         return self.cost_upsamplers[index](cost.flatten(0, 1)).unflatten(0, (batch, num_classes))
 
-    def _forward_with_rejection(self, x: Tensor, cost: Tensor, skips: list[Tensor], topk: int) -> Tensor:
+    def _rejection_keep(self, logits: Tensor, topk: int, keep_classes: int) -> Tensor:
+        if keep_classes > 0:
+            return _top_n_classes(logits, keep_classes)
+        return _top_k_union(logits, topk)
+
+    def _forward_with_rejection(
+        self, x: Tensor, cost: Tensor, skips: list[Tensor], topk: int, keep_classes: int = 0
+    ) -> Tensor:
         """Category early rejection (paper 3.3, official ``fast_conv_decoder``).
 
         Before every stage, the auxiliary head of that stage scores the classes still
         alive; a class survives if it is among the top-``k`` classes of at least one pixel
-        of the image. Following stages (class attention included) see the survivors only.
+        of the image (or, with ``keep_classes``, among the ``keep_classes`` best by maximum
+        score). Following stages (class attention included) see the survivors only.
 
         The batch runs jointly while no image has rejected anything (so ``k >= T`` runs
         exactly the plain path); from the first rejection on, each image runs on its own,
@@ -227,26 +301,31 @@ class SEDDecoder(nn.Module):
         classes: list[Tensor] = []  # per image: surviving class indices (into 0..T-1)
         for index, stage in enumerate(self.stages):
             if not classes:
-                keep = _top_k_union(_class_logits(self.aux_heads[index], x), topk)
+                keep = self._rejection_keep(_class_logits(self.aux_heads[index], x), topk, keep_classes)
                 if bool(keep.all()):
                     cost = self._upsample_cost(index, cost)
-                    x = stage(x, skips[index], cost)
+                    x = stage(x, skips[index], cost, chunk_classes=self._chunk_classes(cost))
                     continue
                 for image in range(batch):
                     survivors = keep[image].nonzero().squeeze(1)
-                    xs.append(x[image : image + 1, survivors])
-                    costs.append(cost[image : image + 1, survivors])
+                    xs.append(_class_maps(x[image : image + 1, survivors]))
+                    costs.append(_class_maps(cost[image : image + 1, survivors]))
                     classes.append(survivors)
             else:
                 for image in range(batch):
-                    keep = _top_k_union(_class_logits(self.aux_heads[index], xs[image]), topk)
+                    keep = self._rejection_keep(_class_logits(self.aux_heads[index], xs[image]), topk, keep_classes)
                     survivors = keep[0].nonzero().squeeze(1)
-                    xs[image] = xs[image][:, survivors]
-                    costs[image] = costs[image][:, survivors]
+                    xs[image] = _class_maps(xs[image][:, survivors])
+                    costs[image] = _class_maps(costs[image][:, survivors])
                     classes[image] = classes[image][survivors]
             for image in range(batch):
                 costs[image] = self._upsample_cost(index, costs[image])
-                xs[image] = stage(xs[image], skips[index][image : image + 1], costs[image])
+                xs[image] = stage(
+                    xs[image],
+                    skips[index][image : image + 1],
+                    costs[image],
+                    chunk_classes=self._chunk_classes(costs[image]),
+                )
         if not classes:
             return _class_logits(self.head, x)
         logits = [_class_logits(self.head, x_image) for x_image in xs]
@@ -265,6 +344,13 @@ def _class_logits(head: nn.Module, x: Tensor) -> Tensor:
 def _top_k_union(logits: Tensor, k: int) -> Tensor:
     """``(B, T, H, W) -> (B, T)`` bool: class ``t`` is in the top-``k`` at >= 1 pixel."""
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices.flatten(1)
+    keep = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)
+    return keep.scatter_(1, top, True)
+
+
+def _top_n_classes(logits: Tensor, n: int) -> Tensor:
+    """``(B, T, H, W) -> (B, T)`` bool: the ``min(n, T)`` classes of highest maximum logit."""
+    top = logits.flatten(2).amax(-1).topk(min(n, logits.shape[1]), dim=1).indices
     keep = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)
     return keep.scatter_(1, top, True)
 
@@ -313,26 +399,60 @@ class SEDModel(nn.Module):
         self.clip_model = clip_model
         self.decoder = decoder
         self.clip_finetune = clip_finetune
+        # Run the image trunk on channels-last images. Off: on an H200, cuDNN's float32
+        # NHWC depthwise convolutions of the trunk are much slower than the NCHW ones.
+        self.trunk_channels_last = False
+        # At inference under autocast, run the image trunk in the autocast dtype (True) or
+        # in float32 (False, TF32 if allowed). False: measured on an H200, the timm ConvNeXt
+        # trunk is faster in TF32 (about 14 ms at 768x768) than under bf16 autocast (23 ms
+        # channels-last, 40 ms NCHW: autocast casts around every LayerNorm, and PyTorch's
+        # bf16 depthwise kernels are slow). Training always autocasts it (memory).
+        self.inference_trunk_autocast = False
         self.parameter_groups = assign_parameter_groups(self, self.PARAMETER_GROUPS[clip_finetune])
 
-    def forward(self, images: Tensor, text_embeddings: Tensor, cer_topk: int = 0) -> SEDOutput:
+    def forward(
+        self, images: Tensor, text_embeddings: Tensor, cer_topk: int = 0, cer_keep_classes: int = 0
+    ) -> SEDOutput:
         """
         Args:
             images: ``(B, 3, H, W)``, CLIP-normalised (H, W multiples of 32).
             text_embeddings: ``(T, P, C)`` for the current vocabulary.
             cer_topk: category early rejection ``k`` (eval only; 0 = off).
+            cer_keep_classes: fixed number of classes kept by rejection, for measuring
+                its cost (see :meth:`SEDDecoder.forward`); 0 = off.
         """
-        features = convnext_dense_features(self.clip_model.visual, images)
+        if self.trunk_channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with self._trunk_precision(images):
+            features = convnext_dense_features(self.clip_model.visual, images)
         skips = {name: features[name].detach() for name in self.decoder.skip_feature_names}
-        return self.decoder(features["clip_vis_dense"], text_embeddings, skips, cer_topk=cer_topk)
+        return self.decoder(
+            features["clip_vis_dense"], text_embeddings, skips, cer_topk=cer_topk, cer_keep_classes=cer_keep_classes
+        )
+
+    def _trunk_precision(self, images: Tensor):
+        device_type = images.device.type
+        if self.training or self.inference_trunk_autocast or not torch.is_autocast_enabled(device_type):
+            return nullcontext()
+        return torch.autocast(device_type, enabled=False)
 
     @staticmethod
     def losses(
-        output: SEDOutput, targets: Tensor, ignore_value: int, ignore_as_negative: bool = True
+        output: SEDOutput,
+        targets: Tensor,
+        ignore_value: int,
+        ignore_as_negative: bool = True,
+        chunk_classes: int = 32,
     ) -> dict[str, Tensor]:
         """Official SED losses: ``loss_sem_seg_0`` (main) and ``loss_sem_seg_{1,2,3}``
-        (auxiliary heads at 1/32, 1/16, 1/8), each :func:`one_hot_bce_loss` with weight 1."""
+        (auxiliary heads at 1/32, 1/16, 1/8), each :func:`one_hot_bce_loss` with weight 1.
+
+        ``chunk_classes``: see :func:`one_hot_bce_loss` (the same values; > 0 saves the
+        full-resolution upsampled logits of all classes from being kept for backward;
+        the loss is then computed in float32 also under bf16 autocast). 0 = plain."""
         return {
-            f"loss_sem_seg_{index}": one_hot_bce_loss(logits, targets, ignore_value, ignore_as_negative)
+            f"loss_sem_seg_{index}": one_hot_bce_loss(
+                logits, targets, ignore_value, ignore_as_negative, chunk_classes=chunk_classes
+            )
             for index, logits in enumerate((output.logits, *output.aux_logits))
         }

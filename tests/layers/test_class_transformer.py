@@ -59,7 +59,7 @@ def test_train_and_eval_pooling_sizes():
     layer.eval()
     assert layer.active_pooling_size == (1, 1)
     layer(x)
-    assert seen == [(1 * 2 * 2, 3, 8), (1 * 4 * 4, 3, 8)]  # (B*h*w, T, C) tokens
+    assert seen == [(1, 3, 2 * 2, 8), (1, 3, 4 * 4, 8)]  # (B, T, h*w, C) tokens, sequence = T
     assert ClassTransformerLayer(8, 2, pooling_size=3).test_pooling_size == (3, 3)
 
 

@@ -45,3 +45,28 @@ def test_guidance_is_concatenated_into_queries_and_keys_only():
     q, k = attn.query(xg).view(2, 4, 2, 4), attn.key(xg).view(2, 4, 2, 4)
     v = attn.value(x).view(2, 4, 2, 4)
     torch.testing.assert_close(attn(x, g), linear_attention(q, k, v).reshape(2, 4, 8))
+
+
+def test_extra_position_dims_attend_independently():
+    torch.manual_seed(3)
+    q = torch.randn(2, 5, 3, 4, 2, 4, dtype=torch.float64)  # (N, L, *P=(3, 4), H, D)
+    k = torch.randn(2, 6, 3, 4, 2, 4, dtype=torch.float64)
+    v = torch.randn(2, 6, 3, 4, 2, 3, dtype=torch.float64)
+    out = linear_attention(q, k, v)
+    assert out.shape == (2, 5, 3, 4, 2, 3)
+    for i in range(3):
+        for j in range(4):
+            torch.testing.assert_close(out[:, :, i, j], _explicit(q[:, :, i, j], k[:, :, i, j], v[:, :, i, j], 1e-6))
+
+
+def test_folded_pre_norm_equals_norm_then_attention():
+    torch.manual_seed(4)
+    for guidance_dim in (0, 3):
+        attn = MultiHeadLinearAttention(8, 2, guidance_dim=guidance_dim).double()
+        norm = torch.nn.LayerNorm(8).double()
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+        x = torch.randn(2, 5, 7, 8, dtype=torch.float64)  # sequence = dim 1, 7 positions
+        g = torch.randn(2, 5, 7, guidance_dim, dtype=torch.float64) if guidance_dim else None
+        torch.testing.assert_close(attn(x, g, norm=norm), attn(norm(x), g))

@@ -48,3 +48,41 @@ def test_skip_fusion_without_cost_guidance():
     assert out.shape == (1, 2, 32, 6, 6)
     with pytest.raises(ValueError):
         fusion(torch.randn(1, 2, 64, 3, 3), torch.randn(1, 16, 6, 6), torch.randn(1, 2, 16, 6, 6))
+
+
+def test_double_conv_shared_input_equals_repeated_concatenation():
+    torch.manual_seed(3)
+    block = DoubleConv(40, 16).double()
+    B, T, H, W = 2, 3, 6, 5
+    own = torch.randn(B * T, 32, H, W, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    shared = torch.randn(B, 8, H, W, dtype=torch.float64)
+    own.requires_grad_(), shared.requires_grad_()
+    out = block(own, shared, shared_at=24)  # channels [0, 24) own, [24, 32) shared, [32, 40) own
+    full = torch.cat([own[:, :24], shared.repeat_interleave(T, dim=0), own[:, 24:]], dim=1)
+    ref = block(full)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    params = [own, shared, *block.parameters()]
+    grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():  # the in-place (no-grad) branch
+        torch.testing.assert_close(block(own, shared, shared_at=24), ref.detach(), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="shared channels"):
+        block(own[:, :30], shared, shared_at=24)
+
+
+def test_conv_transpose_2x2_as_matrix_product():
+    from sed_d2.layers import conv_transpose_2x2
+
+    torch.manual_seed(4)
+    x = torch.randn(3, 6, 4, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(6, 7, 2, 2, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+    out = conv_transpose_2x2(x, weight, bias)
+    torch.testing.assert_close(out, F.conv_transpose2d(x, weight, bias, stride=2), rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    up = ConvTranspose2dReLU(6, 7, kernel_size=2, stride=2).double()
+    torch.testing.assert_close(up(x), F.relu(F.conv_transpose2d(x, up.weight, up.bias, stride=2)))
+    # other geometries keep the plain transposed convolution
+    wide = ConvTranspose2dReLU(6, 7, kernel_size=3, stride=2).double()
+    torch.testing.assert_close(wide(x), F.relu(F.conv_transpose2d(x, wide.weight, wide.bias, stride=2)))

@@ -89,7 +89,10 @@ def test_pooling_size_train_vs_eval():
     decoder = _decoder()
     assert all(s.class_block.pooling_size == (2, 2) and s.class_block.test_pooling_size == (1, 1) for s in decoder.stages)
     tokens = []
-    decoder.stages[0].class_block.attention.register_forward_hook(lambda m, a, out: tokens.append(a[0].shape[0]))
+    # tokens are (B, T, h*w, C): count the class sequences, B*h*w
+    decoder.stages[0].class_block.attention.register_forward_hook(
+        lambda m, a, out: tokens.append(a[0].shape[0] * a[0].shape[2])
+    )
     B, h, w = 2, 4, 4
     image, text, skips = _features(B, 3, h, w)
     decoder.train()(image, text, skips)
@@ -257,3 +260,140 @@ def test_cer_is_ignored_in_training():
     image, text, skips = _features(1, 6)
     out = decoder(image, text, skips, cer_topk=1)
     assert len(out.aux_logits) == 3 and torch.isfinite(out.logits).all()
+
+
+# --------------------------------------------------------------------------- reference / speed paths
+
+
+def _double_inputs(batch, num_classes, h=3, w=4, seed=5):
+    image, text, skips = _features(batch, num_classes, h, w, seed=seed)
+    return image.double(), text.double(), {k: v.double() for k, v in skips.items()}
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("chunk_pixels", [0, 2**23, 100])  # 100: one class per chunk at every stage
+def test_decoder_equals_the_plain_reference(training, batch, chunk_pixels):
+    from tests.models.sed_reference import reference_decoder_forward
+
+    decoder = _decoder(inference_chunk_pixels=chunk_pixels).double().train(training)
+    image, text, skips = _double_inputs(batch, 5)
+    with torch.set_grad_enabled(training):
+        out = decoder(image, text, skips)
+    logits, aux = reference_decoder_forward(decoder, image, text, skips)
+    torch.testing.assert_close(out.logits, logits, rtol=1e-10, atol=1e-10)
+    if training:
+        for ours, ref in zip(out.aux_logits, aux):
+            torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_decoder_gradients_equal_the_plain_reference():
+    from tests.models.sed_reference import reference_decoder_forward
+
+    decoder = _decoder().double().train()
+    image, text, skips = _double_inputs(2, 4)
+    image.requires_grad_()
+    params = [image, *decoder.parameters()]
+    out = decoder(image, text, skips)
+    loss = sum(t.square().mean() for t in (out.logits, *out.aux_logits))
+    logits, aux = reference_decoder_forward(decoder, image, text, skips)
+    reference = sum(t.square().mean() for t in (logits, *aux))
+    for ours, ref in zip(torch.autograd.grad(loss, params), torch.autograd.grad(reference, params)):
+        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_class_maps_stay_channels_last():
+    decoder = _decoder().eval()
+    seen = []
+    for stage in decoder.stages:
+        for block in (stage.spatial_block, stage.class_block, stage.fusion):
+            block.register_forward_hook(lambda m, a, out: seen.append(out))
+    image, text, skips = _features(1, 3)
+    with torch.no_grad():
+        decoder(image, text, skips)
+    for out in seen:
+        maps = out if out.dim() == 4 else out.flatten(0, 1)
+        assert maps.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bf16_autocast_keeps_the_decoder_in_bf16():
+    decoder = _decoder().eval()
+    dtypes = []
+    for stage in decoder.stages:
+        stage.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+    image, text, skips = _features(1, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = decoder(image, text, skips).logits
+    assert dtypes == [torch.bfloat16] * 3 and logits.dtype == torch.bfloat16
+    with torch.no_grad():
+        reference = decoder(image, text, skips).logits
+    torch.testing.assert_close(logits.float(), reference, atol=0.05, rtol=0.05)
+
+
+def test_trunk_runs_in_float32_at_inference_under_autocast():
+    model = _tiny_model().eval()
+    images, text, _ = _model_inputs(batch=1)
+    captured = {}
+    model.decoder.register_forward_pre_hook(lambda m, a: captured.__setitem__("dense", a[0].dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(images, text)
+        assert captured["dense"] == torch.float32
+        model.inference_trunk_autocast = True
+        model(images, text)
+        assert captured["dense"] == torch.bfloat16
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_cer_forced_keep_keeps_exactly_n_classes(batch):
+    decoder = _decoder().eval()
+    T = 7
+    image, text, skips = _features(batch, T, 3, 3, seed=6)
+    with torch.no_grad():
+        for n in (1, 3, T):
+            logits = decoder(image, text, skips, cer_keep_classes=n).logits
+            kept = torch.isfinite(logits.flatten(2)[..., 0])
+            assert (kept.sum(1) == n).all()
+        assert torch.equal(decoder(image, text, skips, cer_keep_classes=T).logits, decoder(image, text, skips).logits)
+
+
+def test_cer_forced_keep_matches_a_top_n_reference():
+    decoder = _decoder().eval()
+    image, text, skips = _features(1, 7, 3, 3, seed=4)
+    with torch.no_grad():
+        ours = decoder(image, text, skips, cer_keep_classes=3).logits
+        # the same nested-subset algorithm as _reference_cer, with "top 3 by max score"
+        cost = cosine_cost_volume(image, text)
+        x = decoder.cost_embed(cost)[0]
+        cost = cost.transpose(1, 2)[0]
+        guidance = [proj(skips[name]) for proj, name in zip(decoder.skip_projections, ("res4", "res3", "res2"))]
+        alive = torch.arange(x.shape[0])
+        for i, stage in enumerate(decoder.stages):
+            score = decoder.aux_heads[i](x)[:, 0].flatten(1).amax(1)
+            keep = score.topk(min(3, len(score))).indices.sort().values
+            x, cost, alive = x[keep], cost[keep], alive[keep]
+            cost = decoder.cost_upsamplers[i](cost)
+            x = stage(x.unsqueeze(0), guidance[i], cost.unsqueeze(0))[0]
+        reference = torch.full_like(ours, float("-inf"))
+        reference[0, alive] = decoder.head(x)[:, 0]
+    assert torch.equal(torch.isneginf(ours), torch.isneginf(reference))
+    finite = torch.isfinite(ours)
+    torch.testing.assert_close(ours[finite], reference[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_losses_equal_plain_losses():
+    model = _tiny_model().train()
+    images, text, targets = _model_inputs()
+    output = model(images, text)
+    plain = model.losses(output, targets, 255, chunk_classes=0)
+    chunked = model.losses(output, targets, 255)
+    assert sorted(plain) == sorted(chunked)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for key in plain:
+        torch.testing.assert_close(chunked[key], plain[key], rtol=1e-6, atol=1e-7)
+    grads_plain = torch.autograd.grad(sum(plain.values()), params, retain_graph=True, allow_unused=True)
+    grads_chunked = torch.autograd.grad(sum(chunked.values()), params, allow_unused=True)
+    for a, b in zip(grads_chunked, grads_plain):
+        if b is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)

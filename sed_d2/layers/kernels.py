@@ -1,0 +1,242 @@
+"""Triton kernels for the two ops that PyTorch runs slowly at SED decoder shapes.
+
+* :func:`depthwise_conv2d`: a ``k x k`` depthwise convolution (stride 1, "same" padding)
+  on channels-last maps. At the decoder's shapes (hundreds of class maps of 32-128
+  channels, ``k = 9``) cuDNN's NHWC depthwise kernels and PyTorch's NCHW one run far
+  below memory speed; this kernel reads each input tile through the cache once per
+  kernel row and accumulates in float32. Backward: grad-input is the same kernel with
+  the flipped filter; grad-weight has its own kernel.
+* :func:`normalize_rows`: LayerNorm without affine over the last dimension (one read, one
+  write), with a closed-form backward.
+
+Both fall back to plain PyTorch on CPU, without Triton, or for inputs they do not cover
+(the fallbacks are the definitions the tests compare the kernels with; on CPU the
+kernels themselves can be tested with ``TRITON_INTERPRET=1``). Results equal the PyTorch
+ops up to float32 summation order.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:  # Triton ships with CUDA builds of PyTorch; elsewhere the fallbacks run.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the installation
+    triton = None
+
+__all__ = ["depthwise_conv2d", "normalize_rows", "triton_available"]
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_available(x: Tensor) -> bool:
+    """Whether the Triton kernels run for ``x`` (CUDA tensor, or any under TRITON_INTERPRET).
+    Never while ``torch.jit`` traces (fvcore's FLOP counter): traced shapes are tensors."""
+    return triton is not None and (x.is_cuda or _INTERPRET) and not torch.jit.is_tracing()
+
+
+# ----------------------------------------------------------------------------- depthwise conv
+def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.conv2d(x, weight, bias, padding=k // 2, groups=C)`` for ``weight`` ``(C, 1, k, k)``,
+    ``k`` odd. Channels-last ``x`` on CUDA takes the Triton kernels (output channels-last,
+    ``x``'s dtype, float32 accumulation); anything else runs ``F.conv2d``."""
+    channels, _, kernel, kernel_w = weight.shape
+    if (
+        triton_available(x)
+        and x.dim() == 4
+        and kernel == kernel_w
+        and kernel % 2 == 1
+        and x.shape[1] == channels
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    ):
+        return _DepthwiseConv.apply(x, weight, bias)
+    weight = weight.to(x.dtype)
+    bias = None if bias is None else bias.to(x.dtype)
+    return F.conv2d(x, weight, bias, padding=kernel // 2, groups=channels)
+
+
+def _blocks(channels: int) -> tuple[int, int]:
+    block_c = min(64, triton.next_power_of_2(channels))
+    return block_c, max(1, 2048 // block_c)
+
+
+def _depthwise_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    batch, channels, height, width = x.shape
+    kernel = weight.shape[-1]
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    block_c, block_w = _blocks(channels)
+    block_w = min(block_w, triton.next_power_of_2(width))
+    grid = (batch * height, triton.cdiv(width, block_w), triton.cdiv(channels, block_c))
+    w = weight.reshape(channels, kernel * kernel).float().contiguous()
+    b = w if bias is None else bias.float().contiguous()
+    _dw_forward_kernel[grid](
+        x, w, b, out, height, width, channels,
+        K=kernel, HAS_BIAS=bias is not None, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=4,
+    )
+    return out
+
+
+def _depthwise_weight_grad(x: Tensor, grad: Tensor, kernel: int) -> Tensor:
+    batch, channels, height, width = x.shape
+    rows = batch * height
+    block_c, block_w = _blocks(channels)
+    block_w = min(block_w, triton.next_power_of_2(width))
+    chunks = min(rows, 128)
+    result = torch.zeros((channels, kernel * kernel), dtype=torch.float32, device=x.device)
+    grid = (kernel, triton.cdiv(channels, block_c), chunks)
+    _dw_weight_grad_kernel[grid](
+        x, grad, result, rows, height, width, channels, triton.cdiv(rows, chunks),
+        K=kernel, KP=triton.next_power_of_2(kernel), BLOCK_W=block_w, BLOCK_C=block_c, num_warps=4,
+    )
+    return result
+
+
+class _DepthwiseConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _depthwise_forward(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            # the adjoint of a "same" stride-1 correlation is the correlation with the flipped filter
+            grad_x = _depthwise_forward(grad, weight.flip(-1, -2), None)
+        if ctx.needs_input_grad[1]:
+            grad_w = _depthwise_weight_grad(x, grad, weight.shape[-1]).view_as(weight).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 2, 3), dtype=torch.float32).to(weight.dtype)
+        return grad_x, grad_w, grad_b
+
+
+# ----------------------------------------------------------------------------- row normalisation
+def normalize_rows(x: Tensor, eps: float) -> Tensor | None:
+    """``(x - mean) / sqrt(var + eps)`` over the last dim with the Triton kernel, in ``x``'s
+    dtype; ``None`` when the kernel does not apply (the caller falls back)."""
+    channels = x.shape[-1]
+    if not (
+        triton_available(x)
+        and x.is_contiguous()
+        and 1 < channels <= 1024
+        and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    ):
+        return None
+    return _NormalizeRows.apply(x, eps)
+
+
+def _normalize_forward(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    channels = x.shape[-1]
+    rows = x.numel() // channels
+    out = torch.empty_like(x)
+    rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
+    block_c = triton.next_power_of_2(channels)
+    block_m = max(1, 4096 // block_c)
+    _normalize_kernel[(triton.cdiv(rows, block_m),)](
+        x, out, rstd, rows, channels, eps, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4
+    )
+    return out, rstd
+
+
+class _NormalizeRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, eps):
+        out, rstd = _normalize_forward(x, eps)
+        ctx.save_for_backward(out, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        # y = (x - mean) * rstd  =>  dx = rstd * (g - mean(g) - y * mean(g * y))
+        y, rstd = ctx.saved_tensors
+        g = grad.float()
+        yf = y.float()
+        dx = g - g.mean(-1, keepdim=True) - yf * (g * yf).mean(-1, keepdim=True)
+        return (dx * rstd.view(*y.shape[:-1], 1)).to(y.dtype), None
+
+
+# ----------------------------------------------------------------------------- kernels
+if triton is not None:
+
+    @triton.jit
+    def _dw_forward_kernel(
+        x_ptr, w_ptr, b_ptr, y_ptr, H, W, C,
+        K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        # one output row segment (BLOCK_W pixels x BLOCK_C channels) of image n, row h
+        row = tl.program_id(0)
+        n = row // H
+        h = row % H
+        offs_w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+        offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        for i in tl.static_range(K):
+            hh = h + (i - K // 2)
+            row_ok = (hh >= 0) & (hh < H)
+            base = (n * H + hh).to(tl.int64) * W
+            for j in tl.static_range(K):
+                ww = offs_w + (j - K // 2)
+                mask = (row_ok & (ww >= 0) & (ww < W))[:, None] & mask_c[None, :]
+                xv = tl.load(x_ptr + (base + ww)[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
+                wv = tl.load(w_ptr + offs_c * (K * K) + (i * K + j), mask=mask_c, other=0.0)
+                acc += xv.to(tl.float32) * wv[None, :]
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_c, mask=mask_c, other=0.0)[None, :]
+        out = (row.to(tl.int64) * W + offs_w)[:, None] * C + offs_c[None, :]
+        tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=(offs_w < W)[:, None] & mask_c[None, :])
+
+    @triton.jit
+    def _dw_weight_grad_kernel(
+        x_ptr, g_ptr, out_ptr, ROWS, H, W, C, ROWS_PER_PROGRAM,
+        K: tl.constexpr, KP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        # filter row i, all K taps of it, for one channel block, summed over a chunk of rows
+        i = tl.program_id(0)
+        offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        taps = tl.arange(0, KP)
+        acc = tl.zeros((KP, BLOCK_C), dtype=tl.float32)
+        start = tl.program_id(2).to(tl.int64) * ROWS_PER_PROGRAM  # int64 loop index
+        for row in range(start, tl.minimum(start + ROWS_PER_PROGRAM, ROWS)):
+            n = row // H
+            h = row % H
+            hh = h + (i - K // 2)
+            row_ok = (hh >= 0) & (hh < H)
+            g_base = row * W
+            x_base = (n * H + hh) * W
+            for w0 in range(0, W, BLOCK_W):
+                offs_w = w0 + tl.arange(0, BLOCK_W)
+                g_mask = (offs_w < W)[:, None] & mask_c[None, :]
+                gv = tl.load(g_ptr + (g_base + offs_w)[:, None] * C + offs_c[None, :], mask=g_mask, other=0.0)
+                gv = gv.to(tl.float32)
+                for j in tl.static_range(K):
+                    ww = offs_w + (j - K // 2)
+                    mask = (row_ok & (ww >= 0) & (ww < W))[:, None] & mask_c[None, :]
+                    xv = tl.load(x_ptr + (x_base + ww)[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
+                    part = tl.sum(gv * xv.to(tl.float32), axis=0)  # (BLOCK_C,)
+                    acc += tl.where(taps[:, None] == j, part[None, :], 0.0)
+        ptrs = out_ptr + offs_c[None, :] * (K * K) + (i * K + taps)[:, None]
+        tl.atomic_add(ptrs, acc, mask=(taps < K)[:, None] & mask_c[None, :])
+
+    @triton.jit
+    def _normalize_kernel(x_ptr, y_ptr, rstd_ptr, M, C, eps, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.arange(0, BLOCK_C)
+        mask = (rows < M)[:, None] & (cols < C)[None, :]
+        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / C
+        centered = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=1) / C + eps)
+        tl.store(y_ptr + offs, (centered * rstd[:, None]).to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(rstd_ptr + rows, rstd, mask=rows < M)

@@ -1,0 +1,105 @@
+"""Normalisation as a few large, layout-preserving kernels (pure PyTorch).
+
+The decoders of SED-style methods normalise *many* small vectors: LayerNorm over 16-128
+channels at every pixel of every class map, GroupNorm over class maps of 16-64 channels.
+Three properties of the helpers here make that fast without changing the result:
+
+* **Few passes.** LayerNorm is one Triton pass on CUDA (else a ``var_mean`` reduction
+  and one ``addcmul``; both beat the row-per-block LayerNorm kernel on short rows) and
+  the affine part is folded into the linear layer that follows
+  (:func:`fold_layer_norm_into_linear`). GroupNorm statistics are per-channel
+  ``var_mean`` combined per group in closed form, and the affine + ReLU are one
+  ``addcmul`` and one in-place ReLU.
+* **Dtype kept.** Under bf16 autocast, ``F.layer_norm`` / ``F.group_norm`` return float32
+  and drag every following element-wise op to float32. These helpers return the input's
+  dtype (statistics are accumulated in float32 inside the reductions).
+* **Layout kept.** Channels-last inputs give channels-last outputs (``F.group_norm``
+  converts them to NCHW on CUDA).
+
+All of it is exact algebra: in float64 the results equal ``F.layer_norm`` / ``F.group_norm``
+to rounding; ``tests/layers/test_norms.py`` checks it, gradients included.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .kernels import normalize_rows
+
+__all__ = ["fold_layer_norm_into_linear", "group_norm", "layer_norm_linear", "normalize_last_dim"]
+
+
+def _stat_dtype(x: Tensor) -> torch.dtype:
+    """Statistics are combined in float32 (float64 for float64 inputs)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def normalize_last_dim(x: Tensor, eps: float) -> Tensor:
+    """``(x - mean) / sqrt(var + eps)`` over the last dimension (LayerNorm without its
+    affine part, biased variance), in ``x``'s dtype and memory layout. Contiguous CUDA
+    inputs take a one-pass Triton kernel (:func:`sed_d2.layers.kernels.normalize_rows`)."""
+    fast = normalize_rows(x, eps)
+    if fast is not None:
+        return fast
+    var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
+    rstd = torch.rsqrt(var.to(_stat_dtype(x)) + eps).to(x.dtype)  # rsqrt autocasts to float32
+    return torch.addcmul(-mean * rstd, x, rstd)
+
+
+def fold_layer_norm_into_linear(
+    norm: nn.LayerNorm, weight: Tensor, bias: Tensor | None, in_features: int | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """Weight and bias of ``linear'`` with ``linear(norm(x)) == linear'(normalize(x))``.
+
+    ``weight`` is ``(out, in)``; only its first ``in_features`` input columns (default:
+    all) act on the normalised vector, the rest on other inputs concatenated after it
+    (e.g. guidance) and are left as they are.
+    """
+    in_features = weight.shape[1] if in_features is None else in_features
+    on_norm, rest = weight[:, :in_features], weight[:, in_features:]
+    if norm.bias is not None:
+        shift = torch.mv(on_norm, norm.bias)
+        bias = shift if bias is None else bias + shift
+    if norm.weight is not None:
+        on_norm = on_norm * norm.weight
+        weight = torch.cat([on_norm, rest], dim=1) if rest.shape[1] else on_norm
+    return weight, bias
+
+
+def layer_norm_linear(x: Tensor, norm: nn.LayerNorm, linear: nn.Linear) -> Tensor:
+    """``linear(norm(x))`` (``norm`` over the last dimension) in two passes over ``x``."""
+    if tuple(norm.normalized_shape) != (x.shape[-1],):
+        raise ValueError(f"norm over {tuple(norm.normalized_shape)} cannot normalise the last dim of {tuple(x.shape)}")
+    weight, bias = fold_layer_norm_into_linear(norm, linear.weight, linear.bias)
+    return F.linear(normalize_last_dim(x, norm.eps), weight, bias)
+
+
+def group_norm(x: Tensor, norm: nn.GroupNorm, relu: bool = False) -> Tensor:
+    """``norm(x)`` (then ReLU if asked) for ``(N, C, *spatial)`` in any memory layout,
+    returning ``x``'s dtype and layout.
+
+    Per-channel mean and variance come from one ``var_mean`` pass; a group's statistics
+    are the exact combination ``mean_g = avg(mean_c)``,
+    ``var_g = avg(var_c + (mean_c - mean_g)^2)`` (equal counts per channel).
+    """
+    batch, channels = x.shape[:2]
+    groups = norm.num_groups
+    if channels != norm.num_channels:
+        raise ValueError(f"GroupNorm over {norm.num_channels} channels got {channels}")
+    var, mean = torch.var_mean(x, dim=tuple(range(2, x.dim())), correction=0)  # (N, C)
+    dtype = _stat_dtype(x)
+    mean = mean.to(dtype).view(batch, groups, -1)
+    var = var.to(dtype).view(batch, groups, -1)
+    group_mean = mean.mean(-1, keepdim=True)
+    group_var = (var + (mean - group_mean).square()).mean(-1, keepdim=True)
+    scale = torch.rsqrt(group_var + norm.eps).expand_as(mean)  # (N, G, C/G)
+    if norm.weight is not None:
+        scale = scale * norm.weight.to(dtype).view(groups, -1)
+    shift = -group_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.to(dtype).view(groups, -1)
+    shape = (batch, channels) + (1,) * (x.dim() - 2)
+    y = torch.addcmul(shift.reshape(shape).to(x.dtype), x, scale.reshape(shape).to(x.dtype))
+    return torch.relu_(y) if relu else y

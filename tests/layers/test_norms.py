@@ -1,0 +1,81 @@
+"""sed_d2.layers.norms: the fast norms equal F.layer_norm / F.group_norm (values and
+gradients), keep the input dtype and the channels-last layout."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sed_d2.layers import fold_layer_norm_into_linear, group_norm, layer_norm_linear, normalize_last_dim
+
+
+def _affine_norm(dim, seed=0):
+    torch.manual_seed(seed)
+    norm = nn.LayerNorm(dim, eps=1e-5).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    return norm
+
+
+def test_normalize_last_dim_equals_layer_norm_without_affine():
+    x = (torch.randn(3, 5, 7, 12, dtype=torch.float64) * 3 + 2).requires_grad_()
+    out = normalize_last_dim(x, 1e-5)
+    ref = F.layer_norm(x, (12,), eps=1e-5)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(ref, x, grad)[0])
+
+
+def test_layer_norm_folded_into_the_following_linear():
+    norm, linear = _affine_norm(16), nn.Linear(16, 40).double()
+    x = torch.randn(4, 9, 16, dtype=torch.float64, requires_grad=True)
+    out = layer_norm_linear(x, norm, linear)
+    ref = linear(norm(x))
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    # gradients reach the norm's parameters through the folded weights
+    params = [x, norm.weight, norm.bias, linear.weight, linear.bias]
+    grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
+        torch.testing.assert_close(a, b)
+
+
+def test_fold_leaves_extra_input_columns_alone():
+    norm, linear = _affine_norm(8, seed=1), nn.Linear(8 + 3, 6).double()
+    x, guidance = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    weight, bias = fold_layer_norm_into_linear(norm, linear.weight, linear.bias, in_features=8)
+    out = F.linear(torch.cat([normalize_last_dim(x, norm.eps), guidance], -1), weight, bias)
+    torch.testing.assert_close(out, linear(torch.cat([norm(x), guidance], -1)))
+
+
+@pytest.mark.parametrize("groups, channels", [(1, 16), (2, 32), (4, 64), (3, 12)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_group_norm_equals_f_group_norm(groups, channels, channels_last):
+    torch.manual_seed(groups)
+    norm = nn.GroupNorm(groups, channels).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, channels, 5, 6, dtype=torch.float64) * 2 + torch.randn(1, channels, 1, 1, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    for relu in (False, True):
+        out = group_norm(x, norm, relu=relu)
+        ref = norm(x)
+        ref = F.relu(ref) if relu else ref
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+        params = [x, norm.weight, norm.bias]
+        grad = torch.randn_like(ref)
+        for a, b in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
+            torch.testing.assert_close(a, b)
+
+
+def test_norms_keep_bf16_under_autocast():
+    x = torch.randn(2, 16, 4, 4).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert normalize_last_dim(x.permute(0, 2, 3, 1), 1e-6).dtype == torch.bfloat16
+        y = group_norm(x, nn.GroupNorm(1, 16), relu=True)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y.float(), F.relu(F.group_norm(x.float(), 1)), atol=0.05, rtol=0.02)
