@@ -110,6 +110,12 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--trunk-channels-last", action="store_true", help="run the CLIP image trunk on channels-last images"
     )
+    parser.add_argument(
+        "--compile",
+        choices=("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+        default="off",
+        help="wrap the decoder's forward in torch.compile with this mode (experiment)",
+    )
     parser.add_argument("--profile", action="store_true", help="add a torch.profiler kernel table per case to the JSON")
     parser.add_argument("--json", metavar="FILE", help="write the results here")
     parser.add_argument("--device", help="default: MODEL.DEVICE")
@@ -511,6 +517,10 @@ def main(argv=None) -> Dict:
         model.model.trunk_channels_last = True
     if args.cer_topk is not None:
         model.cer_topk = args.cer_topk
+    if args.compile != "off":
+        # Compiles once per vocabulary size; the first (warm-up) call pays for it.
+        decoder = model.model.decoder
+        decoder.forward = torch.compile(decoder.forward, mode=args.compile, dynamic=False)
     benchmark = {"config": cfg.CUDNN_BENCHMARK, "on": True, "off": False}[args.cudnn_benchmark]
     torch.backends.cudnn.benchmark = bool(benchmark)
     timer = Timer(device)
@@ -525,6 +535,7 @@ def main(argv=None) -> Dict:
             "trunk_channels_last": getattr(model.model, "trunk_channels_last", False),
             "iters": args.iters,
             "warmup": args.warmup,
+            "compile": args.compile,
         },
         "cases": [],
     }
