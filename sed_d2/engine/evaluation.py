@@ -1,10 +1,8 @@
 """Evaluation: one SemSegEvaluator per test dataset, and one summary table for all of them."""
 import logging
-from collections import OrderedDict
 from typing import Dict, Optional
 
 import numpy as np
-import torch
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
 from tabulate import tabulate

@@ -3,7 +3,6 @@ import logging
 import weakref
 from collections import OrderedDict
 
-import torch
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer, create_ddp_model
 from detectron2.engine.train_loop import TrainerBase

@@ -1,5 +1,4 @@
 import pytest
-import torch
 from torch import nn
 
 from sed_d2.clip import build_clip_model
