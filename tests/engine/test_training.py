@@ -58,7 +58,7 @@ def test_resume_continues_exactly(tmp_path):
     assert any(not torch.equal(mid[k], a[k]) for k in a)
 
 
-def test_several_test_datasets_one_process_one_table(tmp_path, caplog):
+def test_several_test_datasets_one_process_one_table(tmp_path):
     _run("configs/sed/tiny.yaml", tmp_path, "SOLVER.MAX_ITER", "1")
     results = _run(
         "configs/sed/tiny.yaml", tmp_path,
