@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .layers.upsampling import bilinear_resize
+
 __all__ = ["UpsampledOneHotBCE", "one_hot_bce_loss"]
 
 
@@ -26,7 +28,9 @@ def one_hot_bce_loss(
 
     Args:
         logits: ``(B, T, h, w)`` per-class logits; bilinearly upsampled
-            (``align_corners=False``) to the target size when ``(h, w) != (H, W)``.
+            (``align_corners=False``) to the target size when ``(h, w) != (H, W)``, by
+            :func:`~sed_d2.layers.bilinear_resize` (matrix products; PyTorch's upsampling
+            backward is slow).
         targets: ``(B, H, W)`` int64 class indices in ``[0, T)`` or ``ignore_value``.
         ignore_value: label of unlabelled pixels (255, 65535, 459, ...).
         ignore_as_negative: ``True`` (the official SED / CAT-Seg / FGAseg code): ignored
@@ -54,8 +58,7 @@ def one_hot_bce_loss(
     if chunk_classes > 0:
         return UpsampledOneHotBCE.apply(logits, targets, ignore_value, ignore_as_negative, chunk_classes)
     size = tuple(targets.shape[-2:])
-    if tuple(logits.shape[-2:]) != size:
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    logits = bilinear_resize(logits, size)
     valid = targets != ignore_value
     index = torch.where(valid, targets, torch.zeros_like(targets)).unsqueeze(1)
     one_hot = torch.zeros_like(logits).scatter_(1, index, valid.unsqueeze(1).to(logits.dtype))
@@ -118,9 +121,7 @@ def _work_dtype(logits: Tensor) -> torch.dtype:
 
 
 def _upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return bilinear_resize(logits, size)
 
 
 def _upsampled_chunks(logits, targets, valid, chunk_classes, with_logits=True):

@@ -9,7 +9,15 @@ from .cost_volume import CostEmbedding, CostVolume, cosine_cost_volume
 from .linear_attention import LinearAttention, MultiHeadLinearAttention, linear_attention
 from .kernels import depthwise_conv2d, normalize_rows
 from .norms import fold_layer_norm_into_linear, group_norm, layer_norm_linear, normalize_last_dim
-from .upsampling import Conv2dReLU, ConvTranspose2dReLU, DoubleConv, SkipFusion, conv_transpose_2x2
+from .upsampling import (
+    Conv2dReLU,
+    ConvTranspose2dReLU,
+    DoubleConv,
+    SkipFusion,
+    bilinear_resize,
+    bilinear_resize_matrix,
+    conv_transpose_2x2,
+)
 
 __all__ = [
     "ClassTransformerLayer",
@@ -23,6 +31,8 @@ __all__ = [
     "Mlp",
     "MultiHeadLinearAttention",
     "SkipFusion",
+    "bilinear_resize",
+    "bilinear_resize_matrix",
     "conv_transpose_2x2",
     "cosine_cost_volume",
     "depthwise_conv2d",
