@@ -3,7 +3,8 @@
 - ``build_clip_model``: an open_clip model by architecture name, weights from an
   open_clip tag or a local file (``build.py``).
 - ``convnext_dense_features`` / ``dense_feature_channels``: multi-scale ConvNeXt features
-  and the per-pixel CLIP embedding, computed around the stock modules (``dense.py``).
+  and the per-pixel CLIP embedding, computed with the stock modules' parameters; the
+  trunk's blocks take the decoder's fast ConvNeXt block path where that is exact (``dense.py``).
 - ``TextEncoder``: vocabulary -> (T, P, C) text embeddings with synonyms and a cache
   (``text.py``); ``get_templates`` / ``IMAGENET_TEMPLATES``: prompt sets (``templates.py``).
 
@@ -15,6 +16,7 @@ from .build import build_clip_model, register_model_configs
 from .dense import (
     DENSE_FEATURE_NAMES,
     convnext_dense_features,
+    convnext_fast_path_applies,
     dense_feature_channels,
     dense_feature_strides,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "register_model_configs",
     "DENSE_FEATURE_NAMES",
     "convnext_dense_features",
+    "convnext_fast_path_applies",
     "dense_feature_channels",
     "dense_feature_strides",
     "IMAGENET_TEMPLATES",

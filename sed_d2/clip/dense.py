@@ -5,6 +5,13 @@ stage outputs plus the CLIP image-projection head applied at every pixel of the 
 stage. Here the same computation is written around the stock open_clip / timm modules,
 so the parameter names (and hence checkpoints) stay those of upstream open_clip.
 
+Fast path: where it is exactly timm's computation, the trunk runs channels-last with
+every block through the decoder's ConvNeXt block (:func:`sed_d2.layers.convnext_block_forward`:
+Triton depthwise kernel and one-pass LayerNorm on CUDA, no float32 round trips under bf16
+autocast). It issues more small ops than timm's modules, so it pays where the GPU rather
+than the kernel launches is the bottleneck (training batches); ``fast=False`` runs timm's
+modules.
+
 ConvNeXt towers (open_clip ``TimmModel`` around a timm ``ConvNeXt``) are supported now.
 ViT towers (intermediate layers, dense last layer, position-embedding resize) will get
 their own ``vit_*`` functions in this module; ``convnext_dense_features`` refuses them
@@ -15,12 +22,18 @@ from __future__ import annotations
 
 import torch
 from open_clip.timm_model import TimmModel
-from timm.models.convnext import ConvNeXt
+from timm.layers import GELU, DropPath, GELUTanh, LayerNorm, LayerNorm2d
+from timm.layers import Mlp as TimmMlp
+from timm.models.convnext import ConvNeXt, ConvNeXtBlock, ConvNeXtStage
 from torch import nn
+
+from ..layers.convnext_block import convnext_block_forward
+from ..layers.norms import layer_norm
 
 __all__ = [
     "DENSE_FEATURE_NAMES",
     "convnext_dense_features",
+    "convnext_fast_path_applies",
     "dense_feature_channels",
     "dense_feature_strides",
 ]
@@ -30,13 +43,21 @@ DENSE_FEATURE_NAMES = ("res2", "res3", "res4", "res5", "clip_vis_dense")
 _STAGE_NAMES = DENSE_FEATURE_NAMES[:4]
 
 
-def convnext_dense_features(visual: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+def convnext_dense_features(
+    visual: nn.Module, images: torch.Tensor, *, fast: bool = True
+) -> dict[str, torch.Tensor]:
     """ConvNeXt stage outputs and the dense CLIP embedding of a batch of images.
 
     Args:
         visual: ``clip_model.visual`` of an open_clip ConvNeXt model (a ``TimmModel``
             whose ``trunk`` is a timm ``ConvNeXt``).
         images: (B, 3, H, W), CLIP-normalised, H and W ideally multiples of 32.
+        fast: run the trunk through the shared fast ConvNeXt block
+            (:func:`sed_d2.layers.convnext_block_forward`, channels-last) where that is
+            exactly timm's computation (:func:`convnext_fast_path_applies`); otherwise, or
+            with ``False``, through timm's own modules. In float32 both agree to rounding;
+            under bf16 autocast the fast path keeps its activations (the residual stream
+            included) in bf16, timm's modules promote to float32 after every LayerNorm.
 
     Returns:
         A dict with, for C_i the stage widths and D the CLIP embedding size:
@@ -48,20 +69,28 @@ def convnext_dense_features(visual: nn.Module, images: torch.Tensor) -> dict[str
           then open_clip's projection ``visual.head``) applied to every pixel of res5.
           For a 1x1 res5 it equals the pooled ``visual(images)`` embedding.
 
-    Every output is differentiable with respect to the tower's parameters.
+    All outputs are contiguous (NCHW). Every output is differentiable with respect to
+    the tower's parameters.
     """
     trunk = _convnext_trunk(visual)
-    x = trunk.stem(images)
-    features: dict[str, torch.Tensor] = {}
-    for name, stage in zip(_STAGE_NAMES, trunk.stages):
-        x = stage(x)
-        # Stage outputs may carry channels-last strides (the blocks permute); consumers
-        # are free to .view() them, as in the official code, so hand out contiguous ones.
-        features[name] = x.contiguous()
+    if fast and _fast_path_applies(trunk):
+        stage_outputs = _fast_stage_outputs(trunk, images)
+    else:
+        stage_outputs = _stock_stage_outputs(trunk, images)
+    # Stage outputs may carry channels-last strides; consumers are free to .view() them,
+    # as in the official code, so hand out contiguous ones.
+    features = {name: x.contiguous() for name, x in zip(_STAGE_NAMES, stage_outputs)}
     # norm_pre sits between the stages and the head in timm's ConvNeXt (Identity for the
     # CLIP ConvNeXts); the official code applies it to the head's input only, as here.
-    features["clip_vis_dense"] = _per_pixel_clip_head(visual, trunk.norm_pre(x))
+    features["clip_vis_dense"] = _per_pixel_clip_head(visual, trunk.norm_pre(stage_outputs[-1]))
     return features
+
+
+def convnext_fast_path_applies(visual: nn.Module) -> bool:
+    """Whether :func:`convnext_dense_features` runs the trunk of ``visual`` on the fast
+    path, i.e. whether that is exactly timm's forward in the modules' current state
+    (train / eval mode included)."""
+    return _fast_path_applies(_convnext_trunk(visual))
 
 
 def dense_feature_channels(visual: nn.Module) -> dict[str, int]:
@@ -106,6 +135,121 @@ def _convnext_trunk(visual: nn.Module) -> ConvNeXt:
     if len(visual.trunk.stages) != len(_STAGE_NAMES):
         raise TypeError(f"Expected a 4-stage ConvNeXt, got {len(visual.trunk.stages)} stages")
     return visual.trunk
+
+
+def _stock_stage_outputs(trunk: ConvNeXt, images: torch.Tensor) -> list[torch.Tensor]:
+    x = trunk.stem(images)
+    outputs = []
+    for stage in trunk.stages:
+        x = stage(x)
+        outputs.append(x)
+    return outputs
+
+
+def _fast_stage_outputs(trunk: ConvNeXt, images: torch.Tensor) -> list[torch.Tensor]:
+    """timm's stem and stages on channels-last maps, every block through
+    :func:`convnext_block_forward`. Requires :func:`_fast_path_applies`."""
+    stem_conv, stem_norm = trunk.stem
+    x = _layer_norm_2d(_channels_last(stem_conv(_channels_last(images))), stem_norm)
+    outputs = []
+    for stage in trunk.stages:
+        if not isinstance(stage.downsample, nn.Identity):
+            norm, conv = stage.downsample
+            x = _channels_last(conv(_layer_norm_2d(x, norm)))
+        for block in stage.blocks:
+            mlp = block.mlp
+            approximate = _gelu_approximate(mlp.act)
+            x = convnext_block_forward(x, block.conv_dw, block.norm, mlp.fc1, mlp.fc2, block.gamma, approximate)
+        outputs.append(x)
+    return outputs
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)  # no copy when it already is
+
+
+def _layer_norm_2d(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """timm's ``LayerNorm2d`` (a LayerNorm over channels at every pixel); free permutes on
+    a channels-last ``x``, and the result keeps ``x``'s dtype under autocast."""
+    return layer_norm(x.permute(0, 2, 3, 1), norm).permute(0, 3, 1, 2)
+
+
+def _fast_path_applies(trunk: ConvNeXt) -> bool:
+    """The fast path computes exactly what timm's modules would: the checks follow the
+    module forwards of timm's ``ConvNeXt`` (patch stem, LayerNorm, linear MLP, no dropout,
+    drop-path or gradient checkpointing in effect). Exact types: a subclass could change
+    a forward."""
+    if getattr(trunk, "grad_checkpointing", False):
+        return False
+    stem = list(trunk.stem)
+    if len(stem) != 2 or type(stem[0]) is not nn.Conv2d or type(stem[1]) is not LayerNorm2d:
+        return False
+    for stage in trunk.stages:
+        if type(stage) is not ConvNeXtStage or stage.grad_checkpointing:
+            return False
+        downsample = stage.downsample
+        if not isinstance(downsample, nn.Identity) and not (
+            type(downsample) is nn.Sequential
+            and len(downsample) == 2
+            and type(downsample[0]) is LayerNorm2d
+            and type(downsample[1]) is nn.Conv2d
+        ):
+            return False
+        if not all(_fast_block_applies(block) for block in stage.blocks):
+            return False
+    return True
+
+
+def _fast_block_applies(block: nn.Module) -> bool:
+    if type(block) is not ConvNeXtBlock or block.use_conv_mlp:
+        return False
+    conv, mlp = block.conv_dw, block.mlp
+    kernel = conv.kernel_size[0]
+    same_depthwise = (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == (kernel, kernel)
+        and kernel % 2 == 1
+        and conv.padding == (kernel // 2, kernel // 2)
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.padding_mode == "zeros"
+        and conv.groups == conv.in_channels == conv.out_channels
+    )
+    return (
+        same_depthwise
+        and type(block.norm) in (LayerNorm, nn.LayerNorm)
+        and isinstance(block.shortcut, nn.Identity)
+        and _inactive(block.drop_path)
+        and type(mlp) is TimmMlp
+        and type(mlp.fc1) is nn.Linear
+        and type(mlp.fc2) is nn.Linear
+        and isinstance(mlp.norm, nn.Identity)
+        and _inactive(mlp.drop1)
+        and _inactive(mlp.drop2)
+        and _gelu_approximate(mlp.act) is not None
+    )
+
+
+def _inactive(module: nn.Module) -> bool:
+    """Whether a dropout / drop-path module is the identity in its current mode."""
+    if isinstance(module, nn.Identity):
+        return True
+    if type(module) is nn.Dropout:
+        return module.p == 0 or not module.training
+    if type(module) is DropPath:
+        return module.drop_prob == 0 or not module.training
+    return False
+
+
+def _gelu_approximate(act: nn.Module) -> str | None:
+    """``F.gelu``'s ``approximate`` for timm's / PyTorch's GELU modules, else None."""
+    if type(act) is GELU:
+        return "none"
+    if type(act) is GELUTanh:
+        return "tanh"
+    if type(act) is nn.GELU:
+        return act.approximate
+    return None
 
 
 def _per_pixel_clip_head(visual: TimmModel, res5: torch.Tensor) -> torch.Tensor:

@@ -4,11 +4,17 @@ Class-batched maps are ``(B, T, C, H, W)`` (see :mod:`.cost_volume`).
 """
 
 from .class_transformer import ClassTransformerLayer, Mlp
-from .convnext_block import ConvNeXtBlock
+from .convnext_block import ConvNeXtBlock, convnext_block_forward
 from .cost_volume import CostEmbedding, CostVolume, cosine_cost_volume
 from .linear_attention import LinearAttention, MultiHeadLinearAttention, linear_attention
 from .kernels import depthwise_conv2d, normalize_rows
-from .norms import fold_layer_norm_into_linear, group_norm, layer_norm_linear, normalize_last_dim
+from .norms import (
+    fold_layer_norm_into_linear,
+    group_norm,
+    layer_norm,
+    layer_norm_linear,
+    normalize_last_dim,
+)
 from .upsampling import (
     Conv2dReLU,
     ConvTranspose2dReLU,
@@ -34,10 +40,12 @@ __all__ = [
     "bilinear_resize",
     "bilinear_resize_matrix",
     "conv_transpose_2x2",
+    "convnext_block_forward",
     "cosine_cost_volume",
     "depthwise_conv2d",
     "fold_layer_norm_into_linear",
     "group_norm",
+    "layer_norm",
     "layer_norm_linear",
     "linear_attention",
     "normalize_last_dim",

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from .kernels import depthwise_conv2d
 from .norms import layer_norm_linear
 
-__all__ = ["ConvNeXtBlock"]
+__all__ = ["ConvNeXtBlock", "convnext_block_forward"]
 
 
 class ConvNeXtBlock(nn.Module):
@@ -54,11 +54,38 @@ class ConvNeXtBlock(nn.Module):
         self.layer_scale = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
 
     def forward(self, x: Tensor) -> Tensor:
-        # For a channels-last x every permute below is free and the residual add runs on
-        # matching layouts. The LayerNorm affine is folded into fc1 and the layer scale
-        # into fc2 (exact algebra; the parameters keep their names and values).
-        conv = self.depthwise_conv  # its parameters; channels-last CUDA maps take a Triton kernel
-        y = depthwise_conv2d(x, conv.weight, conv.bias).permute(0, 2, 3, 1)  # (N, H, W, C)
-        y = F.gelu(layer_norm_linear(y, self.norm, self.fc1))
-        y = F.linear(y, self.fc2.weight * self.layer_scale[:, None], self.fc2.bias * self.layer_scale)
-        return x + y.permute(0, 3, 1, 2)
+        return convnext_block_forward(x, self.depthwise_conv, self.norm, self.fc1, self.fc2, self.layer_scale)
+
+
+def convnext_block_forward(
+    x: Tensor,
+    depthwise_conv: nn.Conv2d,
+    norm: nn.LayerNorm,
+    fc1: nn.Linear,
+    fc2: nn.Linear,
+    layer_scale: Tensor | None,
+    gelu_approximate: str = "none",
+) -> Tensor:
+    """``x + layer_scale * fc2(gelu(fc1(norm(depthwise_conv(x)))))`` for ``x`` ``(N, C, H, W)``.
+
+    The ConvNeXt V1 block computation, shared by :class:`ConvNeXtBlock` and the timm
+    ConvNeXt trunk (:mod:`sed_d2.clip.dense`). Only the parameters of the modules are
+    used: ``depthwise_conv`` must be a "same" stride-1 depthwise convolution (odd ``k``,
+    padding ``k // 2``), ``norm`` a LayerNorm over ``C``. ``layer_scale`` ``None`` means
+    no layer scale; ``gelu_approximate`` is ``F.gelu``'s ``approximate`` (timm's
+    ``gelu_tanh`` blocks use ``"tanh"``).
+
+    Any memory layout works; a channels-last ``x`` needs no layout copy, gives a
+    channels-last output and takes the Triton depthwise kernel on CUDA. Under bf16
+    autocast the result stays bf16 (the LayerNorm does not promote to float32).
+    """
+    # For a channels-last x every permute below is free and the residual add runs on
+    # matching layouts. The LayerNorm affine is folded into fc1 and the layer scale
+    # into fc2 (exact algebra; the parameters keep their names and values).
+    y = depthwise_conv2d(x, depthwise_conv.weight, depthwise_conv.bias).permute(0, 2, 3, 1)  # (N, H, W, C)
+    y = F.gelu(layer_norm_linear(y, norm, fc1), approximate=gelu_approximate)
+    weight, bias = fc2.weight, fc2.bias
+    if layer_scale is not None:
+        weight = weight * layer_scale[:, None]
+        bias = None if bias is None else bias * layer_scale
+    return x + F.linear(y, weight, bias).permute(0, 3, 1, 2)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .kernels import normalize_rows
 
-__all__ = ["fold_layer_norm_into_linear", "group_norm", "layer_norm_linear", "normalize_last_dim"]
+__all__ = ["fold_layer_norm_into_linear", "group_norm", "layer_norm", "layer_norm_linear", "normalize_last_dim"]
 
 
 def _stat_dtype(x: Tensor) -> torch.dtype:
@@ -46,6 +46,24 @@ def normalize_last_dim(x: Tensor, eps: float) -> Tensor:
     var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
     rstd = torch.rsqrt(var.to(_stat_dtype(x)) + eps).to(x.dtype)  # rsqrt autocasts to float32
     return torch.addcmul(-mean * rstd, x, rstd)
+
+
+def layer_norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
+    """``norm(x)`` (``norm`` over the last dimension) in ``x``'s dtype and memory layout.
+    Before a linear layer, :func:`layer_norm_linear` saves the affine pass."""
+    _check_last_dim(x, norm)
+    y = normalize_last_dim(x, norm.eps)
+    # cast: the float32 parameters would promote a bf16 y to float32
+    weight = None if norm.weight is None else norm.weight.to(y.dtype)
+    bias = None if norm.bias is None else norm.bias.to(y.dtype)
+    if weight is not None:
+        return y * weight if bias is None else torch.addcmul(bias, y, weight)
+    return y if bias is None else y + bias
+
+
+def _check_last_dim(x: Tensor, norm: nn.LayerNorm) -> None:
+    if tuple(norm.normalized_shape) != (x.shape[-1],):
+        raise ValueError(f"norm over {tuple(norm.normalized_shape)} cannot normalise the last dim of {tuple(x.shape)}")
 
 
 def fold_layer_norm_into_linear(
@@ -70,8 +88,7 @@ def fold_layer_norm_into_linear(
 
 def layer_norm_linear(x: Tensor, norm: nn.LayerNorm, linear: nn.Linear) -> Tensor:
     """``linear(norm(x))`` (``norm`` over the last dimension) in two passes over ``x``."""
-    if tuple(norm.normalized_shape) != (x.shape[-1],):
-        raise ValueError(f"norm over {tuple(norm.normalized_shape)} cannot normalise the last dim of {tuple(x.shape)}")
+    _check_last_dim(x, norm)
     weight, bias = fold_layer_norm_into_linear(norm, linear.weight, linear.bias)
     return F.linear(normalize_last_dim(x, norm.eps), weight, bias)
 

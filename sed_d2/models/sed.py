@@ -399,14 +399,13 @@ class SEDModel(nn.Module):
         self.clip_model = clip_model
         self.decoder = decoder
         self.clip_finetune = clip_finetune
-        # Run the image trunk on channels-last images. Off: on an H200, cuDNN's float32
-        # NHWC depthwise convolutions of the trunk are much slower than the NCHW ones.
+        # Run timm's trunk modules on channels-last images (inference). Off: on an H200,
+        # cuDNN's float32 NHWC depthwise convolutions of the trunk are slower than NCHW.
         self.trunk_channels_last = False
         # At inference under autocast, run the image trunk in the autocast dtype (True) or
-        # in float32 (False, TF32 if allowed). False: measured on an H200, the timm ConvNeXt
-        # trunk is faster in TF32 (about 14 ms at 768x768) than under bf16 autocast (23 ms
-        # channels-last, 40 ms NCHW: autocast casts around every LayerNorm, and PyTorch's
-        # bf16 depthwise kernels are slow). Training always autocasts it (memory).
+        # in float32 (False, TF32 if allowed). False: at batch 1 the trunk is bound by
+        # kernel launches, and timm's modules in TF32 launch the fewest (H200: 6.1 ms wall,
+        # 4.8 ms GPU; under bf16 autocast 11.8 ms, which adds casts around every LayerNorm).
         self.inference_trunk_autocast = False
         self.parameter_groups = assign_parameter_groups(self, self.PARAMETER_GROUPS[clip_finetune])
 
@@ -424,7 +423,10 @@ class SEDModel(nn.Module):
         if self.trunk_channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with self._trunk_precision(images):
-            features = convnext_dense_features(self.clip_model.visual, images)
+            # The fast trunk path (shared ConvNeXt block, Triton kernels) in training only:
+            # there it saves ~26% of the trunk's step (H200, batch 4, bf16); at batch-1
+            # inference its extra kernel launches made it 2-3x slower than timm's modules.
+            features = convnext_dense_features(self.clip_model.visual, images, fast=self.training)
         skips = {name: features[name].detach() for name in self.decoder.skip_feature_names}
         return self.decoder(
             features["clip_vis_dense"], text_embeddings, skips, cer_topk=cer_topk, cer_keep_classes=cer_keep_classes

@@ -1,10 +1,25 @@
+import os
+import subprocess
+import sys
+import textwrap
+
 import open_clip
 import pytest
 import torch
 from open_clip.transformer import VisionTransformer
+from timm.layers import DropPath
+from torch import nn
 
-from sed_d2.clip import convnext_dense_features, dense_feature_channels, dense_feature_strides
+from sed_d2.clip import (
+    convnext_dense_features,
+    convnext_fast_path_applies,
+    dense_feature_channels,
+    dense_feature_strides,
+)
+from sed_d2.clip import dense as dense_module
 from tests.helpers import tiny_clip
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TINY_CHANNELS = {
     "sed_d2_tiny_convnext": {"res2": 24, "res3": 32, "res4": 48, "res5": 64, "clip_vis_dense": 64},
@@ -85,3 +100,154 @@ def test_channels_of_the_real_sed_backbones(name, expected):
         model = open_clip.create_model(name, device="meta")
     assert dense_feature_channels(model.visual) == expected
     assert dense_feature_strides(model.visual) == STRIDES
+
+
+# --------------------------------------------------------------------------- fast trunk path
+
+
+def _randomized_visual(name="sed_d2_tiny_convnext", seed=0):
+    """A tiny tower whose 1-d trunk parameters (biases, norm affines, layer scales) are
+    random: at init the layer scales are 1e-6 and the blocks would hardly matter."""
+    visual = tiny_clip(name).visual
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, parameter in visual.trunk.named_parameters():
+            if parameter.dim() == 1:
+                scale = key.endswith("gamma") or ("norm" in key and key.endswith("weight"))
+                parameter.copy_(torch.rand(parameter.shape, generator=generator) + (0.5 if scale else -0.5))
+    return visual
+
+
+def _count_fast_blocks(monkeypatch):
+    calls = []
+    block_forward = dense_module.convnext_block_forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return block_forward(*args, **kwargs)
+
+    monkeypatch.setattr(dense_module, "convnext_block_forward", counting)
+    return calls
+
+
+def _num_blocks(visual):
+    return sum(len(stage.blocks) for stage in visual.trunk.stages)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_fast_path_equals_timm_forward(clip_name, train, monkeypatch):
+    visual = _randomized_visual(clip_name).train(train)  # drop path 0 in the tiny configs
+    calls = _count_fast_blocks(monkeypatch)
+    images = torch.randn(2, 3, 64, 96)
+    assert convnext_fast_path_applies(visual)
+    with torch.no_grad():
+        fast = convnext_dense_features(visual, images)
+        assert len(calls) == _num_blocks(visual)
+        stock = convnext_dense_features(visual, images, fast=False)
+    assert len(calls) == _num_blocks(visual)
+    for name in STRIDES:
+        assert fast[name].is_contiguous() and fast[name].shape == stock[name].shape
+        torch.testing.assert_close(fast[name], stock[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_fast_path_gradients_equal_timm_gradients():
+    visual = _randomized_visual().train()
+    images = torch.randn(2, 3, 64, 64)
+    generator = torch.Generator().manual_seed(1)
+    weights = None
+    grads = {}
+    for fast in (True, False):
+        visual.zero_grad(set_to_none=True)
+        inputs = images.clone().requires_grad_()
+        features = convnext_dense_features(visual, inputs, fast=fast)
+        if weights is None:
+            weights = {name: torch.randn(f.shape, generator=generator) for name, f in features.items()}
+        sum((features[name] * weights[name]).sum() for name in features).backward()
+        grads[fast] = {"images": inputs.grad}
+        grads[fast].update({n: p.grad for n, p in visual.named_parameters() if p.grad is not None})
+    assert set(grads[True]) == set(grads[False])
+    assert {n for n, _ in visual.trunk.named_parameters(prefix="trunk")} <= set(grads[True])
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("breaker", ["drop_path", "dropout", "grad_checkpointing", "activation"])
+def test_fast_path_falls_back_to_timm_where_not_exact(breaker, monkeypatch):
+    visual = _randomized_visual().train()
+    trunk = visual.trunk
+    block = trunk.stages[2].blocks[1]
+    if breaker == "drop_path":
+        for stage in trunk.stages:
+            for b in stage.blocks:
+                b.drop_path = DropPath(0.5)
+    elif breaker == "dropout":
+        block.mlp.drop1 = nn.Dropout(0.3)
+    elif breaker == "grad_checkpointing":
+        visual.set_grad_checkpointing(True)
+    else:
+        block.mlp.act = nn.SiLU()
+    assert not convnext_fast_path_applies(visual)
+    calls = _count_fast_blocks(monkeypatch)
+    images = torch.randn(2, 3, 64, 64)
+    results = []
+    for fast in (True, False):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(5)
+            results.append(convnext_dense_features(visual, images, fast=fast))
+    assert not calls
+    for name in STRIDES:
+        assert torch.equal(results[0][name], results[1][name]), name
+    if breaker in ("drop_path", "dropout"):
+        assert convnext_fast_path_applies(visual.eval())  # inactive in eval mode
+
+
+def test_fast_path_keeps_bf16_under_autocast():
+    visual = _randomized_visual().eval()
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        reference = convnext_dense_features(visual, images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = convnext_dense_features(visual, images)
+    for name in STRIDES:
+        assert fast[name].dtype == torch.bfloat16, name
+        error = (fast[name].float() - reference[name]).norm() / reference[name].norm()
+        assert error < 0.02, (name, error)
+
+
+_INTERPRETER_CHECK = textwrap.dedent(
+    """
+    import torch
+    import sed_d2.layers.kernels as kernels
+    from sed_d2.clip import build_clip_model, convnext_dense_features
+    used = set()
+    for name in ("_DepthwiseConv", "_NormalizeRows"):
+        function = getattr(kernels, name)
+        function.apply = lambda *args, _apply=function.apply, _name=name: used.add(_name) or _apply(*args)
+    torch.manual_seed(0)
+    visual = build_clip_model("sed_d2_tiny_convnext").visual.train()
+    with torch.no_grad():
+        for parameter in visual.trunk.parameters():
+            if parameter.dim() == 1:
+                parameter.uniform_(0.5, 1.5)
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        fast = convnext_dense_features(visual, images)
+        assert used == {"_DepthwiseConv", "_NormalizeRows"}, used
+        stock = convnext_dense_features(visual, images, fast=False)
+    for name, value in stock.items():
+        torch.testing.assert_close(fast[name], value, rtol=1e-4, atol=1e-4)
+    print("ok")
+    """
+)
+
+
+def test_fast_path_with_the_triton_kernels_in_the_interpreter():
+    # On CUDA the fast path runs the Triton kernels; on CPU they run in Triton's
+    # interpreter (set before Triton is imported), as in tests/layers/test_kernels.py.
+    # Forward only: the kernels' backward is tested there, and here it would take ~5 s.
+    pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run here")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run(
+        [sys.executable, "-c", _INTERPRETER_CHECK], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

@@ -1,7 +1,9 @@
+import pytest
 import torch
 import torch.nn.functional as F
+from timm.models.convnext import ConvNeXtBlock as TimmConvNeXtBlock
 
-from sed_d2.layers import ConvNeXtBlock
+from sed_d2.layers import ConvNeXtBlock, convnext_block_forward
 
 
 def test_parameter_shapes_match_official_convnext_block():
@@ -41,3 +43,24 @@ def test_forward_matches_formula():
     out = block(x)
     assert out.shape == x.shape
     torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("act, approximate", [("gelu", "none"), ("gelu_tanh", "tanh")])
+@pytest.mark.parametrize("layer_scale", [0.7, None])
+def test_shared_forward_equals_timm_convnext_block(act, approximate, layer_scale):
+    # convnext_block_forward also runs the CLIP image trunk (sed_d2.clip.dense): it must be
+    # timm's block, for both GELU variants and with or without layer scale.
+    torch.manual_seed(3)
+    block = TimmConvNeXtBlock(8, kernel_size=5, ls_init_value=layer_scale, act_layer=act).double()
+    with torch.no_grad():
+        for parameter in block.parameters():
+            if parameter.dim() == 1:  # biases, norm affine, layer scale: away from their init
+                parameter.uniform_(0.5, 1.5)
+    x = torch.randn(2, 8, 6, 7, dtype=torch.float64, requires_grad=True)
+    out = convnext_block_forward(x, block.conv_dw, block.norm, block.mlp.fc1, block.mlp.fc2, block.gamma, approximate)
+    ref = block(x)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    params = [x, *block.parameters()]
+    grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
+        torch.testing.assert_close(a, b)

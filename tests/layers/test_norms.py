@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sed_d2.layers import fold_layer_norm_into_linear, group_norm, layer_norm_linear, normalize_last_dim
+from sed_d2.layers import (
+    fold_layer_norm_into_linear,
+    group_norm,
+    layer_norm,
+    layer_norm_linear,
+    normalize_last_dim,
+)
 
 
 def _affine_norm(dim, seed=0):
@@ -25,6 +31,22 @@ def test_normalize_last_dim_equals_layer_norm_without_affine():
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     grad = torch.randn_like(ref)
     torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(ref, x, grad)[0])
+
+
+@pytest.mark.parametrize("affine, bias", [(True, True), (True, False), (False, False)])
+def test_layer_norm_equals_the_module(affine, bias):
+    norm = _affine_norm(12) if affine and bias else nn.LayerNorm(12, elementwise_affine=affine, bias=bias).double()
+    # an (N, H, W, C) view of a channels-last map, as the ConvNeXt trunk passes it
+    x = torch.randn(2, 12, 3, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x = x.permute(0, 2, 3, 1).requires_grad_()
+    out = layer_norm(x, norm)
+    ref = norm(x)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous()
+    params = [x, *norm.parameters()]
+    grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
+        torch.testing.assert_close(a, b)
 
 
 def test_layer_norm_folded_into_the_following_linear():
@@ -76,6 +98,7 @@ def test_norms_keep_bf16_under_autocast():
     x = torch.randn(2, 16, 4, 4).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert normalize_last_dim(x.permute(0, 2, 3, 1), 1e-6).dtype == torch.bfloat16
+        assert layer_norm(x.permute(0, 2, 3, 1), _affine_norm(16).float()).dtype == torch.bfloat16
         y = group_norm(x, nn.GroupNorm(1, 16), relu=True)
     assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y.float(), F.relu(F.group_norm(x.float(), 1)), atol=0.05, rtol=0.02)
