@@ -40,6 +40,10 @@ def triton_available(x: Tensor) -> bool:
     return triton is not None and (x.is_cuda or _INTERPRET) and not torch.jit.is_tracing()
 
 
+def _needs_autograd(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 # ----------------------------------------------------------------------------- depthwise conv
 def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``F.conv2d(x, weight, bias, padding=k // 2, groups=C)`` for ``weight`` ``(C, 1, k, k)``,
@@ -55,7 +59,9 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         and x.is_contiguous(memory_format=torch.channels_last)
         and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
     ):
-        return _DepthwiseConv.apply(x, weight, bias)
+        if _needs_autograd(x, weight, bias):
+            return _DepthwiseConv.apply(x, weight, bias)
+        return _depthwise_forward(x, weight, bias)  # no autograd node: less host time per call
     weight = weight.to(x.dtype)
     bias = None if bias is None else bias.to(x.dtype)
     return F.conv2d(x, weight, bias, padding=kernel // 2, groups=channels)
@@ -131,7 +137,9 @@ def normalize_rows(x: Tensor, eps: float) -> Tensor | None:
         and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
     ):
         return None
-    return _NormalizeRows.apply(x, eps)
+    if _needs_autograd(x):
+        return _NormalizeRows.apply(x, eps)
+    return _normalize_forward(x, eps)[0]
 
 
 def _normalize_forward(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:

@@ -5,14 +5,18 @@ resolution), owns the vocabulary and its cached text embeddings, runs the method
 configured precision, and post-processes per image back to each image's original size.
 A method subclass only provides ``clip_model``, ``forward_train`` and ``forward_test``.
 """
+import logging
 from contextlib import nullcontext
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..clip import TextEncoder, get_templates, validate_vocabulary
+from ..utils.cuda_graphs import CUDAGraphCache, graph_key
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "OpenVocabSegmentor",
@@ -64,6 +68,7 @@ class OpenVocabSegmentor(nn.Module):
         ignore_value: int,
         train_precision: str = "fp32",
         test_precision: str = "fp32",
+        cuda_graphs: bool = False,
     ):
         """
         Args:
@@ -74,6 +79,8 @@ class OpenVocabSegmentor(nn.Module):
             test_vocabulary: class names used at inference until ``set_vocabulary`` changes them.
             ignore_value: label value of ignored pixels in training targets.
             train_precision, test_precision: "fp32" or "bf16" autocast.
+            cuda_graphs: at inference on CUDA, replay the network from CUDA graphs
+                (:meth:`run_network`).
         """
         super().__init__()
         self.register_buffer("pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), False)
@@ -90,6 +97,8 @@ class OpenVocabSegmentor(nn.Module):
         self.train_dtype = _parse_precision(train_precision, "MODEL.OVSEG.TRAIN_PRECISION")
         self.test_dtype = _parse_precision(test_precision, "MODEL.OVSEG.TEST_PRECISION")
         self._text_encoder: Optional[TextEncoder] = None
+        self.cuda_graphs = bool(cuda_graphs)
+        self._graphs = CUDAGraphCache(max_graphs=2)
 
     # ------------------------------------------------------------------ vocabulary
     @property
@@ -167,6 +176,29 @@ class OpenVocabSegmentor(nn.Module):
             results.append({"sem_seg": prob})
         return results
 
+    def train(self, mode: bool = True):
+        if mode:
+            self._graphs.clear()  # frees their activation memory for training
+        return super().train(mode)
+
+    def run_network(self, name: str, fn: Callable, *inputs: torch.Tensor):
+        """``fn(*inputs)``, the inference network call ``name``. With ``cuda_graphs``, CUDA
+        inputs, eval mode and gradients off it is replayed from a CUDA graph captured on
+        first use per input shapes / precision (:class:`~sed_d2.utils.cuda_graphs.
+        CUDAGraphCache`): the same kernels, bit-identical results, no per-kernel launch
+        cost. The graph's output is overwritten by the next call: consume it first. ``fn``
+        must not synchronise with the host or depend on values for shapes."""
+        if not (self.cuda_graphs and inputs[0].is_cuda and not self.training and not torch.is_grad_enabled()):
+            return fn(*inputs)
+        key = (name, graph_key(inputs, list(self.parameters())))
+        try:
+            return self._graphs(key, fn, *inputs)
+        except Exception as e:  # a capture failure must not stop an evaluation
+            logger.warning("CUDA graph capture of %s failed (%s: %s); running eagerly from now on", name, type(e).__name__, e)
+            self.cuda_graphs = False
+            self._graphs.clear()
+            return fn(*inputs)
+
     def _autocast(self, dtype):
         if dtype is None:
             return nullcontext()
@@ -215,4 +247,5 @@ def base_arguments_from_config(cfg) -> dict:
         "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
         "train_precision": ovseg.TRAIN_PRECISION,
         "test_precision": ovseg.TEST_PRECISION,
+        "cuda_graphs": ovseg.CUDA_GRAPHS,
     }

@@ -89,12 +89,21 @@ class SED(OpenVocabSegmentor):
             output, targets, self.ignore_value, ignore_as_negative=self.ignore_as_negative
         )
 
+    def network_logits(self, images: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, T, h, w) inference logits of the network (what ``forward_test`` and the
+        benchmark's network timing run). Without category early rejection it goes through
+        :meth:`run_network` (CUDA graphs); rejection keeps data-dependent class counts, so
+        it runs eagerly."""
+        if self.cer_topk > 0 or self.cer_keep_classes > 0:
+            return self.model(
+                images, text_embeddings, cer_topk=self.cer_topk, cer_keep_classes=self.cer_keep_classes
+            ).logits
+        return self.run_network("sed_logits", lambda x, text: self.model(x, text).logits, images, text_embeddings)
+
     def forward_test(self, images, text_embeddings) -> torch.Tensor:
-        output = self.model(
-            images, text_embeddings, cer_topk=self.cer_topk, cer_keep_classes=self.cer_keep_classes
-        )
+        logits = self.network_logits(images, text_embeddings)
         # Sigmoid before resizing: rejected classes carry -inf logits and become exactly 0.
         # In float32 also under bf16: bf16 probabilities near 1 are 2^-8 apart, which would
         # turn close scores of confident classes into argmax ties.
-        return output.logits.float().sigmoid()
+        return logits.float().sigmoid()  # a new tensor: a CUDA graph's output is reused
 

@@ -220,9 +220,9 @@ _INTERPRETER_CHECK = textwrap.dedent(
     import sed_d2.layers.kernels as kernels
     from sed_d2.clip import build_clip_model, convnext_dense_features
     used = set()
-    for name in ("_DepthwiseConv", "_NormalizeRows"):
-        function = getattr(kernels, name)
-        function.apply = lambda *args, _apply=function.apply, _name=name: used.add(_name) or _apply(*args)
+    for name in ("_depthwise_forward", "_normalize_forward"):  # the kernel launchers
+        launcher = getattr(kernels, name)
+        setattr(kernels, name, lambda *args, _launch=launcher, _name=name: used.add(_name) or _launch(*args))
     torch.manual_seed(0)
     visual = build_clip_model("sed_d2_tiny_convnext").visual.train()
     with torch.no_grad():
@@ -232,7 +232,7 @@ _INTERPRETER_CHECK = textwrap.dedent(
     images = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         fast = convnext_dense_features(visual, images)
-        assert used == {"_DepthwiseConv", "_NormalizeRows"}, used
+        assert used == {"_depthwise_forward", "_normalize_forward"}, used
         stock = convnext_dense_features(visual, images, fast=False)
     for name, value in stock.items():
         torch.testing.assert_close(fast[name], value, rtol=1e-4, atol=1e-4)

@@ -36,6 +36,10 @@ _CHECK = textwrap.dedent(
         want = torch.autograd.grad(ref, (x, weight, bias), grad)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        with torch.no_grad():  # inference: the kernel without an autograd node
+            plain = depthwise_conv2d(x, weight, bias)
+        assert plain.grad_fn is None and plain.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(plain, ref.detach(), rtol=1e-5, atol=1e-5)
     x = (torch.randn(3, 5, 32) * 3 + 1).requires_grad_()
     out = normalize_rows(x, 1e-5)
     assert out.grad_fn.name().startswith("_NormalizeRows")
@@ -43,6 +47,10 @@ _CHECK = textwrap.dedent(
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(ref)
     torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(ref, x, grad)[0], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        plain = normalize_rows(x, 1e-5)
+    assert plain.grad_fn is None
+    torch.testing.assert_close(plain, ref.detach(), rtol=1e-5, atol=1e-5)
     print("ok")
     """
 )

@@ -124,3 +124,58 @@ def test_bf16_inference_close_to_fp32():
     # Random weights give near-tied classes, so compare probabilities, not the argmax.
     assert not torch.equal(bf16, fp32)
     torch.testing.assert_close(bf16, fp32, atol=0.03, rtol=0)
+
+
+class _CudaLike:
+    """Stands in for a CUDA tensor where only the routing is tested (no GPU here)."""
+
+    is_cuda, shape, dtype, device = True, (1,), torch.float32, torch.device("cpu")
+
+
+def test_run_network_routes_inference_through_cuda_graphs_only_where_they_apply():
+    model = _build("configs/sed/tiny.yaml")
+    assert model.cuda_graphs  # MODEL.OVSEG.CUDA_GRAPHS defaults to on
+    calls = []
+
+    def fake_cache(key, fn, *inputs):
+        calls.append(key[0])
+        return fn(*inputs)
+
+    model._graphs = fake_cache  # records what would be captured / replayed
+    model._graphs.clear = lambda: calls.append("clear")
+    inputs = _inputs([(64, 64)])
+    model.eval()
+    with torch.no_grad():
+        eager = model(inputs)[0]["sem_seg"]
+    assert calls == []  # CPU tensors: no graphs
+    # On CUDA inputs (faked), eval and no grad: the graph path; grads or training: eager.
+    cuda_like = _CudaLike()
+    with torch.no_grad():
+        model.run_network("probe", lambda x: 1, cuda_like)
+    assert calls == ["probe"]
+    model.run_network("probe", lambda x: 1, cuda_like)  # gradients on
+    model.train()
+    with torch.no_grad():
+        model.run_network("probe", lambda x: 1, cuda_like)
+    assert calls == ["probe", "clear"]  # train() dropped the graphs, training runs eager
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(inputs)[0]["sem_seg"], eager)
+
+
+def test_graph_capture_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+    from sed_d2.meta_arch import base
+
+    model = _build("configs/sed/tiny.yaml").eval()
+    warnings = []
+    monkeypatch.setattr(base.logger, "warning", lambda message, *args: warnings.append(message % args))
+
+    def failing_cache(key, fn, *inputs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    failing_cache.clear = lambda: None
+    model._graphs = failing_cache
+    with torch.no_grad():
+        assert model.run_network("probe", lambda x: 7, _CudaLike()) == 7
+    assert not model.cuda_graphs
+    assert len(warnings) == 1 and "CUDA graph capture of probe failed" in warnings[0]
