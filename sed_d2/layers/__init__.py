@@ -6,6 +6,7 @@ Class-batched maps are ``(B, T, C, H, W)`` (see :mod:`.cost_volume`).
 from .class_transformer import ClassTransformerLayer, Mlp
 from .convnext_block import ConvNeXtBlock, convnext_block_forward
 from .cost_volume import CostEmbedding, CostVolume, cosine_cost_volume
+from .fused_mlp import fused_layer_norm_mlp, fused_layer_norm_mlp_applies, layer_norm_mlp_reference
 from .linear_attention import LinearAttention, MultiHeadLinearAttention, linear_attention
 from .kernels import depthwise_conv2d, normalize_rows
 from .norms import (
@@ -44,9 +45,12 @@ __all__ = [
     "cosine_cost_volume",
     "depthwise_conv2d",
     "fold_layer_norm_into_linear",
+    "fused_layer_norm_mlp",
+    "fused_layer_norm_mlp_applies",
     "group_norm",
     "layer_norm",
     "layer_norm_linear",
+    "layer_norm_mlp_reference",
     "linear_attention",
     "normalize_last_dim",
     "normalize_rows",

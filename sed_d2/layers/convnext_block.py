@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fused_mlp import fused_layer_norm_mlp
 from .kernels import depthwise_conv2d
-from .norms import layer_norm_linear
 
 __all__ = ["ConvNeXtBlock", "convnext_block_forward"]
 
@@ -79,13 +78,10 @@ def convnext_block_forward(
     channels-last output and takes the Triton depthwise kernel on CUDA. Under bf16
     autocast the result stays bf16 (the LayerNorm does not promote to float32).
     """
-    # For a channels-last x every permute below is free and the residual add runs on
-    # matching layouts. The LayerNorm affine is folded into fc1 and the layer scale
-    # into fc2 (exact algebra; the parameters keep their names and values).
+    # For a channels-last x every permute below is free and the rows handed to the MLP
+    # are contiguous, which lets inference take the fused Triton kernel (LayerNorm, fc1,
+    # GELU, fc2, layer scale and residual in one pass, :mod:`.fused_mlp`); with autograd
+    # or other layouts the same function runs as plain PyTorch ops.
     y = depthwise_conv2d(x, depthwise_conv.weight, depthwise_conv.bias).permute(0, 2, 3, 1)  # (N, H, W, C)
-    y = F.gelu(layer_norm_linear(y, norm, fc1), approximate=gelu_approximate)
-    weight, bias = fc2.weight, fc2.bias
-    if layer_scale is not None:
-        weight = weight * layer_scale[:, None]
-        bias = None if bias is None else bias * layer_scale
-    return x + F.linear(y, weight, bias).permute(0, 3, 1, 2)
+    out = fused_layer_norm_mlp(y, x.permute(0, 2, 3, 1), norm, fc1, fc2, layer_scale, gelu_approximate)
+    return out.permute(0, 3, 1, 2)

@@ -72,14 +72,25 @@ def _blocks(channels: int) -> tuple[int, int]:
     return block_c, max(1, 2048 // block_c)
 
 
+# Output rows per program of the forward kernel (fixed: the kernel keeps one accumulator
+# per row). Each input row tile loaded feeds every output row whose window holds it, so a
+# 9x9 filter loads (9 + 3) / 4 = 3 tiles per output instead of 9 per kernel row.
+_ROWS = 4
+
+
 def _depthwise_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     batch, channels, height, width = x.shape
     kernel = weight.shape[-1]
+    if height * width * channels >= 2**31:
+        raise ValueError(f"depthwise_conv2d: one image of {tuple(x.shape[1:])} exceeds int32 offsets")
     out = torch.empty_like(x, memory_format=torch.channels_last)
-    block_c, block_w = _blocks(channels)
-    block_w = min(block_w, triton.next_power_of_2(width))
-    grid = (batch * height, triton.cdiv(width, block_w), triton.cdiv(channels, block_c))
-    w = weight.reshape(channels, kernel * kernel).float().contiguous()
+    # 32 x 32 tiles: on an H200 (bf16, 847 maps of 32 x 96 x 96, 9x9) 2.9 ms against 5.3 ms
+    # for 64 x 32, 8.0 ms for 32 x 64 and 14.4 ms for cuDNN's NCHW kernel
+    block_c = min(32, triton.next_power_of_2(channels))
+    block_w = min(32, triton.next_power_of_2(width))
+    grid = (batch * triton.cdiv(height, _ROWS), triton.cdiv(width, block_w), triton.cdiv(channels, block_c))
+    # (k*k, C): the taps of one filter position are contiguous over channels
+    w = weight.reshape(channels, kernel * kernel).t().float().contiguous()
     b = w if bias is None else bias.float().contiguous()
     _dw_forward_kernel[grid](
         x, w, b, out, height, width, channels,
@@ -180,28 +191,52 @@ if triton is not None:
         x_ptr, w_ptr, b_ptr, y_ptr, H, W, C,
         K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
-        # one output row segment (BLOCK_W pixels x BLOCK_C channels) of image n, row h
-        row = tl.program_id(0)
-        n = row // H
-        h = row % H
+        # Four output rows h0..h0+3 of one image, BLOCK_W pixels x BLOCK_C channels, with
+        # one accumulator each (_ROWS). Input row h0 - K//2 + r feeds output row h0 + q
+        # through filter row r - q. Offsets inside an image are int32 (checked on the
+        # host); the per-image base is int64. Column offsets and masks are computed once
+        # per filter column, not per tap.
+        tiles_h = tl.cdiv(H, 4)
+        pid = tl.program_id(0)
+        n = pid // tiles_h
+        h0 = (pid % tiles_h) * 4
         offs_w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
         offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
-        acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
-        for i in tl.static_range(K):
-            hh = h + (i - K // 2)
-            row_ok = (hh >= 0) & (hh < H)
-            base = (n * H + hh).to(tl.int64) * W
-            for j in tl.static_range(K):
-                ww = offs_w + (j - K // 2)
-                mask = (row_ok & (ww >= 0) & (ww < W))[:, None] & mask_c[None, :]
-                xv = tl.load(x_ptr + (base + ww)[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
-                wv = tl.load(w_ptr + offs_c * (K * K) + (i * K + j), mask=mask_c, other=0.0)
-                acc += xv.to(tl.float32) * wv[None, :]
+        image = n.to(tl.int64) * H * W * C
+        acc0 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        acc1 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        acc3 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        for j in tl.static_range(K):
+            ww = offs_w + (j - K // 2)
+            col = ww[:, None] * C + offs_c[None, :]
+            col_ok = ((ww >= 0) & (ww < W))[:, None] & mask_c[None, :]
+            for r in tl.static_range(K + 3):
+                hh = h0 + (r - K // 2)
+                row_ok = (hh >= 0) & (hh < H)
+                xv = tl.load(x_ptr + image + hh * W * C + col, mask=col_ok & row_ok, other=0.0).to(tl.float32)
+                if r < K:
+                    acc0 += xv * tl.load(w_ptr + (r * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
+                if r >= 1 and r < K + 1:
+                    acc1 += xv * tl.load(w_ptr + ((r - 1) * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
+                if r >= 2 and r < K + 2:
+                    acc2 += xv * tl.load(w_ptr + ((r - 2) * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
+                if r >= 3:
+                    acc3 += xv * tl.load(w_ptr + ((r - 3) * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
         if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_c, mask=mask_c, other=0.0)[None, :]
-        out = (row.to(tl.int64) * W + offs_w)[:, None] * C + offs_c[None, :]
-        tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=(offs_w < W)[:, None] & mask_c[None, :])
+            bias = tl.load(b_ptr + offs_c, mask=mask_c, other=0.0)[None, :]
+            acc0 += bias
+            acc1 += bias
+            acc2 += bias
+            acc3 += bias
+        out = y_ptr + image + (h0 * W + offs_w[:, None]) * C + offs_c[None, :]
+        mask = (offs_w < W)[:, None] & mask_c[None, :]
+        ty = y_ptr.dtype.element_ty
+        tl.store(out, acc0.to(ty), mask=mask)
+        tl.store(out + W * C, acc1.to(ty), mask=mask & (h0 + 1 < H))
+        tl.store(out + 2 * W * C, acc2.to(ty), mask=mask & (h0 + 2 < H))
+        tl.store(out + 3 * W * C, acc3.to(ty), mask=mask & (h0 + 3 < H))
 
     @triton.jit
     def _dw_weight_grad_kernel(

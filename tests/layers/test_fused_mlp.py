@@ -1,0 +1,177 @@
+"""sed_d2.layers.fused_mlp: the fused LayerNorm-MLP kernel equals the unfused computation.
+
+As in test_kernels.py, the Triton kernel runs on CPU in Triton's interpreter: a
+subprocess with TRITON_INTERPRET=1, set before Triton is imported. Without it the CPU
+path is the PyTorch reference, checked here in float64 against the plain module ops.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sed_d2.layers.fused_mlp import (
+    fused_layer_norm_mlp,
+    fused_layer_norm_mlp_applies,
+    layer_norm_mlp_reference,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_CHECK = textwrap.dedent(
+    """
+    import numpy as np
+    import torch, torch.nn.functional as F
+    from torch import nn
+    from triton.runtime import interpreter
+
+    # Triton's interpreter multiplies bfloat16 dot operands as their raw uint16 bits
+    # (numpy has no bfloat16). Widen them to float32 first: exact, so the kernel's bf16
+    # rounding of the operands is still what is tested.
+    _dot = interpreter.InterpreterBuilder.create_dot
+    def _widen(t):
+        if t.dtype.scalar.name != "bf16":
+            return t
+        bits = t.data.astype(np.uint32) << 16
+        return interpreter.TensorHandle(bits.view(np.float32), interpreter.tl.float32)
+    interpreter.InterpreterBuilder.create_dot = lambda self, a, b, d, *args: _dot(self, _widen(a), _widen(b), d, *args)
+
+    from sed_d2.layers import ConvNeXtBlock, depthwise_conv2d
+    from sed_d2.layers import fused_mlp as fm
+    from sed_d2.layers.fused_mlp import _CONFIGS, fused_layer_norm_mlp, fused_layer_norm_mlp_applies, layer_norm_mlp_reference
+
+    class ForceFastErf:
+        def __init__(self, kernel):
+            self.kernel = kernel
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: self.kernel[grid](*args, **dict(kwargs, FAST_ERF=True))
+    kernel = fm._ln_mlp_kernel
+
+    def modules(c, seed):
+        torch.manual_seed(seed)
+        norm, fc1, fc2 = nn.LayerNorm(c, eps=1e-6), nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0, 0.3)
+        return norm, fc1, fc2, torch.rand(c) + 0.5
+
+    def definition(dw, r, norm, fc1, fc2, ls, approximate="none"):
+        return r + fc2(F.gelu(fc1(norm(dw)), approximate=approximate)) * ls
+
+    with torch.no_grad():
+        for c in (16, 32, 64):
+            norm, fc1, fc2, ls = modules(c, c)
+            block_m = _CONFIGS[(c, 4)][0]
+            dw = torch.randn(2, block_m + 5, c) * 2 + 0.5  # rows: not a multiple of BLOCK_M
+            r = torch.randn_like(dw)
+            assert fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, ls)
+            out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, ls)
+            assert out.shape == dw.shape and out.dtype == torch.float32
+            torch.testing.assert_close(out, definition(dw, r, norm, fc1, fc2, ls), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(out, layer_norm_mlp_reference(dw, r, norm, fc1, fc2, ls), rtol=1e-5, atol=1e-5)
+
+            out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, ls, "tanh")
+            torch.testing.assert_close(out, definition(dw, r, norm, fc1, fc2, ls, "tanh"), rtol=1e-5, atol=1e-5)
+
+            # the branch-free erf of the 16-bit path, checked at float32 precision
+            fm._ln_mlp_kernel = ForceFastErf(kernel)
+            out = fused_layer_norm_mlp(dw * 3, r, norm, fc1, fc2, ls)
+            fm._ln_mlp_kernel = kernel
+            torch.testing.assert_close(out, definition(dw * 3, r, norm, fc1, fc2, ls), rtol=1e-5, atol=1e-5)
+
+            # no biases, no layer scale, no LN affine
+            bare = nn.LayerNorm(c, elementwise_affine=False)
+            fc1b, fc2b = nn.Linear(c, 4 * c, bias=False), nn.Linear(4 * c, c, bias=False)
+            want = r + fc2b(F.gelu(fc1b(bare(dw))))
+            torch.testing.assert_close(fused_layer_norm_mlp(dw, r, bare, fc1b, fc2b, None), want, rtol=1e-5, atol=1e-5)
+
+            # bf16: operands bf16, float32 statistics / accumulation; output bf16
+            dwb, rb = dw.bfloat16(), r.bfloat16()
+            out = fused_layer_norm_mlp(dwb, rb, norm, fc1, fc2, ls)
+            assert out.dtype == torch.bfloat16
+            want = definition(dwb.float(), rb.float(), norm, fc1, fc2, ls)
+            torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=3e-2)
+
+        # the ConvNeXt block: depthwise conv + fused MLP + reshape equals its forward
+        c = 32
+        block = ConvNeXtBlock(c, 9).eval()
+        norm, fc1, fc2, ls = modules(c, 7)
+        block.norm.load_state_dict(norm.state_dict())
+        block.layer_scale.copy_(ls)
+        x = torch.randn(2, c, 7, 9).contiguous(memory_format=torch.channels_last)
+        conv = block.depthwise_conv
+        dw = depthwise_conv2d(x, conv.weight, conv.bias).permute(0, 2, 3, 1)
+        out = fused_layer_norm_mlp(dw, x.permute(0, 2, 3, 1), block.norm, block.fc1, block.fc2, block.layer_scale)
+        out = out.permute(0, 3, 1, 2)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out, block(x), rtol=1e-5, atol=1e-5)
+        dw_ref = F.conv2d(x, conv.weight, conv.bias, padding=4, groups=c).permute(0, 2, 3, 1)
+        want = definition(dw_ref, x.permute(0, 2, 3, 1), block.norm, block.fc1, block.fc2, block.layer_scale)
+        torch.testing.assert_close(out, want.permute(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+
+    # fallbacks (the kernel is available here): autograd, unsupported C, non-contiguous
+    norm, fc1, fc2, ls = modules(32, 3)
+    dw, r = torch.randn(40, 32), torch.randn(40, 32)
+    assert not fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, ls)  # parameters require grad
+    out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, ls)
+    assert out.grad_fn is not None
+    torch.testing.assert_close(out, layer_norm_mlp_reference(dw, r, norm, fc1, fc2, ls))
+    with torch.no_grad():
+        assert fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, ls)
+        assert not fused_layer_norm_mlp_applies(dw.t().contiguous().t(), r, norm, fc1, fc2, ls)
+        norm24, fc1_24, fc2_24, ls24 = modules(24, 4)
+        dw24, r24 = torch.randn(40, 24), torch.randn(40, 24)
+        assert not fused_layer_norm_mlp_applies(dw24, r24, norm24, fc1_24, fc2_24, ls24)
+        out = fused_layer_norm_mlp(dw24, r24, norm24, fc1_24, fc2_24, ls24)
+        torch.testing.assert_close(out, layer_norm_mlp_reference(dw24, r24, norm24, fc1_24, fc2_24, ls24))
+    print("ok")
+    """
+)
+
+
+def test_fused_kernel_in_the_interpreter():
+    pytest.importorskip("triton", reason="Triton is not installed: the kernel cannot run here")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", _CHECK], check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def _modules(c, dtype=torch.float64):
+    torch.manual_seed(c)
+    norm, fc1, fc2 = nn.LayerNorm(c, eps=1e-6), nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_(0, 0.3)
+    return norm.to(dtype), fc1.to(dtype), fc2.to(dtype), (torch.rand(c) + 0.5).to(dtype)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_reference_is_the_module_computation(approximate):
+    # float64: the folds are exact algebra, so only rounding separates the two
+    norm, fc1, fc2, ls = _modules(24)
+    dw = (torch.randn(3, 5, 24, dtype=torch.float64) * 2).requires_grad_()
+    r = torch.randn(3, 5, 24, dtype=torch.float64)
+    want = r + fc2(F.gelu(fc1(norm(dw)), approximate=approximate)) * ls
+    got = layer_norm_mlp_reference(dw, r, norm, fc1, fc2, ls, approximate)
+    torch.testing.assert_close(got, want)
+    grad = torch.randn_like(want)
+    torch.testing.assert_close(torch.autograd.grad(got, dw, grad)[0], torch.autograd.grad(want, dw, grad)[0])
+
+
+def test_cpu_without_interpreter_falls_back():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter runs the kernel on CPU")
+    norm, fc1, fc2, ls = _modules(32, torch.float32)
+    dw, r = torch.randn(10, 32), torch.randn(10, 32)
+    with torch.no_grad():
+        assert not fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, ls)
+        got = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, ls)
+        torch.testing.assert_close(got, r + fc2(F.gelu(fc1(norm(dw)))) * ls)
+        # bf16 activations with float32 parameters: the reference casts the weights
+        got = fused_layer_norm_mlp(dw.bfloat16(), r.bfloat16(), norm, fc1, fc2, ls)
+        assert got.dtype == torch.bfloat16
