@@ -72,7 +72,7 @@ class CUDAGraphCache:
             self._graphs[key] = entry
             while len(self._graphs) > self.max_graphs:
                 _, evicted = self._graphs.popitem(last=False)
-                evicted.graph.reset()
+                evicted.graph.reset()  # releases its memory pool
         else:
             self._graphs.move_to_end(key)
         for static, x in zip(entry.inputs, inputs):
@@ -105,4 +105,7 @@ class CUDAGraphCache:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), autocast:
             output = fn(*static_inputs)
+        # The warm-up's activations sit in the allocator's cache next to the graph's own
+        # pool; hand them back so a graph costs one forward's memory, not two.
+        torch.cuda.empty_cache()
         return _Captured(graph, static_inputs, output)
