@@ -51,16 +51,28 @@ def _is_plain_2x2(conv: nn.ConvTranspose2d) -> bool:
     )
 
 
-def conv_transpose_2x2(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def conv_transpose_2x2(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor | None = None) -> Tensor:
     """``F.conv_transpose2d(x, weight, bias, stride=2)`` for a ``(C, O, 2, 2)`` weight, as
     one matrix product over channels and a pixel shuffle (every output pixel has exactly
     one input pixel): ``(N, C, H, W) -> (N, O, 2H, 2W)``, channels-last. Much faster than
-    cuDNN's transposed convolution on channels-last maps with few channels."""
+    cuDNN's transposed convolution on channels-last maps with few channels.
+
+    ``out``: an ``(N, O, 2H, 2W)`` view whose channel axis has stride 1 (e.g. a channel
+    slice of a channels-last buffer); the pixel shuffle then writes straight into it (no
+    gradient flows through ``out``; for inference) and ``out`` is returned."""
     batch, channels, height, width = x.shape
     out_channels = weight.shape[1]
     matrix = weight.permute(0, 2, 3, 1).reshape(channels, 4 * out_channels)  # (C, (a, b, O))
     y = F.linear(x.permute(0, 2, 3, 1), matrix.t(), None if bias is None else bias.repeat(4))
     y = y.view(batch, height, width, 2, 2, out_channels).permute(0, 1, 3, 2, 4, 5)
+    if out is not None:
+        if tuple(out.shape) != (batch, out_channels, 2 * height, 2 * width) or out.stride(1) != 1:
+            raise ValueError(
+                f"out must be a ({batch}, {out_channels}, {2 * height}, {2 * width}) view with channel stride 1, "
+                f"got {tuple(out.shape)} with strides {out.stride()}"
+            )
+        out.permute(0, 2, 3, 1).unflatten(2, (width, 2)).unflatten(1, (height, 2)).copy_(y)
+        return out
     return y.reshape(batch, 2 * height, 2 * width, out_channels).permute(0, 3, 1, 2)
 
 
@@ -164,14 +176,37 @@ class SkipFusion(nn.Module):
             raise ValueError("skip / cost guidance must be given exactly when their channels are > 0")
         up = self.upsample
         x = x.flatten(0, 1)
-        parts = [conv_transpose_2x2(x, up.weight, up.bias) if _is_plain_2x2(up) else up(x)]
-        if cost is not None:
-            parts.append(cost.flatten(0, 1))
-        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        if cost is not None and _is_plain_2x2(up) and not torch.is_grad_enabled():
+            x = self._upsample_and_concat(x, cost.flatten(0, 1))
+        else:
+            parts = [conv_transpose_2x2(x, up.weight, up.bias) if _is_plain_2x2(up) else up(x)]
+            if cost is not None:
+                parts.append(cost.flatten(0, 1))
+            x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         # The skip guidance enters the first convolution as a shared input: its share of
         # that convolution runs once per image instead of once per class.
         x = self.double_conv(x, skip, shared_at=self.upsample.out_channels)
         return x.unflatten(0, (batch, num_classes))
+
+    def _upsample_and_concat(self, x: Tensor, cost: Tensor) -> Tensor:
+        """``cat([upsample(x), cost], 1)`` (inference): the pixel shuffle of the upsampling
+        and the cost guidance are written straight into one channels-last buffer, which
+        saves ``torch.cat``'s extra read and write of both parts."""
+        up = self.upsample
+        batch, _, height, width = x.shape
+        device = x.device.type
+        # the dtype torch.cat of the two parts would have: F.linear's result (the autocast
+        # dtype under autocast) promoted with the cost guidance's
+        linear_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        fused = torch.empty(
+            (batch, up.out_channels + cost.shape[1], 2 * height, 2 * width),
+            dtype=torch.promote_types(linear_dtype, cost.dtype),
+            device=x.device,
+            memory_format=torch.channels_last,
+        )
+        conv_transpose_2x2(x, up.weight, up.bias, out=fused[:, : up.out_channels])
+        fused[:, up.out_channels :].copy_(cost)
+        return fused
 
 
 # ----------------------------------------------------------------------------- bilinear resize

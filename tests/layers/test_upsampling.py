@@ -49,6 +49,44 @@ def test_skip_fusion_concatenation_order_and_shapes():
     torch.testing.assert_close(out, expected.view(B, T, 16, 8, 8))
 
 
+def test_skip_fusion_inference_writes_parts_into_one_buffer():
+    """Without gradients, the upsampling's pixel shuffle and the cost guidance are written
+    straight into the concatenation buffer: same values as the torch.cat path."""
+    torch.manual_seed(1)
+    fusion = SkipFusion(32, 16, skip_channels=8, cost_channels=8).double()
+    B, T = 2, 3
+    x = torch.randn(B, T, 32, 5, 4, dtype=torch.float64)
+    skip = torch.randn(B, 8, 10, 8, dtype=torch.float64)
+    cost = torch.randn(B, T, 8, 10, 8, dtype=torch.float64)
+    reference = fusion(x, skip, cost)  # grad enabled: the torch.cat path
+    with torch.no_grad():
+        direct = fusion(x, skip, cost)
+        fused = fusion._upsample_and_concat(x.flatten(0, 1), cost.flatten(0, 1))
+    torch.testing.assert_close(direct, reference.detach(), rtol=1e-12, atol=1e-12)
+    up = fusion.upsample(x.flatten(0, 1))
+    torch.testing.assert_close(fused, torch.cat([up, cost.flatten(0, 1)], 1).detach(), rtol=1e-12, atol=1e-12)
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        assert fusion.float()._upsample_and_concat(x.flatten(0, 1).float(), cost.flatten(0, 1).bfloat16()).dtype == torch.bfloat16
+
+
+def test_conv_transpose_2x2_into_a_channel_slice():
+    from sed_d2.layers import conv_transpose_2x2
+
+    torch.manual_seed(2)
+    x = torch.randn(2, 6, 3, 5)
+    weight, bias = torch.randn(6, 4, 2, 2), torch.randn(4)
+    buffer = torch.zeros(2, 7, 6, 10).contiguous(memory_format=torch.channels_last)
+    out = conv_transpose_2x2(x, weight, bias, out=buffer[:, 1:5])
+    assert out.data_ptr() == buffer[:, 1:5].data_ptr()
+    torch.testing.assert_close(buffer[:, 1:5], F.conv_transpose2d(x, weight, bias, stride=2), rtol=1e-5, atol=1e-5)
+    assert buffer[:, 0].abs().sum() == 0 and buffer[:, 5:].abs().sum() == 0  # neighbours untouched
+    with pytest.raises(ValueError, match="channel stride 1"):
+        conv_transpose_2x2(x, weight, bias, out=torch.zeros(2, 4, 6, 10))  # NCHW: channel stride is not 1
+    with pytest.raises(ValueError, match=r"\(2, 4, 6, 10\)"):
+        conv_transpose_2x2(x, weight, bias, out=buffer[:, :3])
+
+
 def test_skip_fusion_without_cost_guidance():
     fusion = SkipFusion(64, 32, skip_channels=16)
     out = fusion(torch.randn(1, 2, 64, 3, 3), torch.randn(1, 16, 6, 6))
