@@ -93,10 +93,11 @@ class SED(OpenVocabSegmentor):
         """(B, T, h, w) inference logits of the network (what ``forward_test`` and the
         benchmark's network timing run). Without category early rejection it goes through
         :meth:`run_network` (CUDA graphs); rejection keeps data-dependent class counts, so
-        it runs eagerly."""
+        there only the image tower is replayed and the decoder runs eagerly."""
         if self.cer_topk > 0 or self.cer_keep_classes > 0:
-            return self.model(
-                images, text_embeddings, cer_topk=self.cer_topk, cer_keep_classes=self.cer_keep_classes
+            features = self.run_network("sed_image_features", self.model.image_features, images)
+            return self.model.decode(
+                features, text_embeddings, cer_topk=self.cer_topk, cer_keep_classes=self.cer_keep_classes
             ).logits
         return self.run_network("sed_logits", lambda x, text: self.model(x, text).logits, images, text_embeddings)
 

@@ -399,14 +399,16 @@ class SEDModel(nn.Module):
         self.clip_model = clip_model
         self.decoder = decoder
         self.clip_finetune = clip_finetune
-        # Run timm's trunk modules on channels-last images (inference). Off: on an H200,
-        # cuDNN's float32 NHWC depthwise convolutions of the trunk are slower than NCHW.
+        # Run timm's trunk modules on channels-last images (float32 inference). Off: on an
+        # H200, cuDNN's float32 NHWC depthwise convolutions of the trunk are slower than NCHW.
         self.trunk_channels_last = False
-        # At inference under autocast, run the image trunk in the autocast dtype (True) or
-        # in float32 (False, TF32 if allowed). False: at batch 1 the trunk is bound by
-        # kernel launches, and timm's modules in TF32 launch the fewest (H200: 6.1 ms wall,
-        # 4.8 ms GPU; under bf16 autocast 11.8 ms, which adds casts around every LayerNorm).
-        self.inference_trunk_autocast = False
+        # At inference under autocast (bf16), run the image trunk in the autocast dtype
+        # through the fast ConvNeXt path (True), or in float32 through timm's modules
+        # (False, TF32 if allowed; the behaviour before 2026-11-23). H200, 768x768,
+        # batch 1, replayed from a CUDA graph: 3.3 ms against 5.0 ms. Eagerly the fast
+        # path is launch bound at batch 1 (about 16 ms against 6 ms), but inference replays
+        # CUDA graphs by default (MODEL.OVSEG.CUDA_GRAPHS), with CER too (the trunk alone).
+        self.inference_trunk_autocast = True
         self.parameter_groups = assign_parameter_groups(self, self.PARAMETER_GROUPS[clip_finetune])
 
     def forward(
@@ -420,23 +422,35 @@ class SEDModel(nn.Module):
             cer_keep_classes: fixed number of classes kept by rejection, for measuring
                 its cost (see :meth:`SEDDecoder.forward`); 0 = off.
         """
+        return self.decode(self.image_features(images), text_embeddings, cer_topk, cer_keep_classes)
+
+    def image_features(self, images: Tensor) -> dict[str, Tensor]:
+        """The image tower's part of :meth:`forward`: ``clip_vis_dense`` and the decoder's
+        skip features (detached: stop-gradient #1). Its shapes depend only on the images',
+        so it can be replayed from a CUDA graph also when the decoder cannot (CER)."""
         if self.trunk_channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with self._trunk_precision(images):
-            # The fast trunk path (shared ConvNeXt block, Triton kernels) in training only:
-            # there it saves ~26% of the trunk's step (H200, batch 4, bf16); at batch-1
-            # inference its extra kernel launches made it 2-3x slower than timm's modules.
-            features = convnext_dense_features(self.clip_model.visual, images, fast=self.training)
-        skips = {name: features[name].detach() for name in self.decoder.skip_feature_names}
+        device_type = images.device.type
+        low_precision = not self.training and self.inference_trunk_autocast and torch.is_autocast_enabled(device_type)
+        # The fast trunk path (shared ConvNeXt block, Triton kernels): in training it saves
+        # ~26% of the trunk's step (H200, batch 4, bf16); at bf16 inference see
+        # inference_trunk_autocast. Float32 inference keeps timm's modules.
+        fast = self.training or low_precision
+        precision = nullcontext() if self.training or low_precision else torch.autocast(device_type, enabled=False)
+        with precision:
+            features = convnext_dense_features(self.clip_model.visual, images, fast=fast)
+        dense = {name: features[name].detach() for name in self.decoder.skip_feature_names}
+        dense["clip_vis_dense"] = features["clip_vis_dense"]
+        return dense
+
+    def decode(
+        self, features: Mapping[str, Tensor], text_embeddings: Tensor, cer_topk: int = 0, cer_keep_classes: int = 0
+    ) -> SEDOutput:
+        """The decoder's part of :meth:`forward` on :meth:`image_features`' output."""
+        skips = {name: features[name] for name in self.decoder.skip_feature_names}
         return self.decoder(
             features["clip_vis_dense"], text_embeddings, skips, cer_topk=cer_topk, cer_keep_classes=cer_keep_classes
         )
-
-    def _trunk_precision(self, images: Tensor):
-        device_type = images.device.type
-        if self.training or self.inference_trunk_autocast or not torch.is_autocast_enabled(device_type):
-            return nullcontext()
-        return torch.autocast(device_type, enabled=False)
 
     @staticmethod
     def losses(

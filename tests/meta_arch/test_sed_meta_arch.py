@@ -163,6 +163,22 @@ def test_run_network_routes_inference_through_cuda_graphs_only_where_they_apply(
         assert torch.equal(model(inputs)[0]["sem_seg"], eager)
 
 
+def test_cer_replays_only_the_image_tower():
+    """With category early rejection the decoder's class counts depend on values, so only
+    the image tower goes through run_network (a CUDA graph on GPUs)."""
+    model = _build("configs/sed/tiny.yaml").eval()
+    names = []
+    run_network = model.run_network
+    model.run_network = lambda name, fn, *inputs: (names.append(name), run_network(name, fn, *inputs))[1]
+    inputs = _inputs([(64, 64)])
+    with torch.no_grad():
+        plain = model(inputs)[0]["sem_seg"]
+        model.cer_topk = 10**6  # rejects nothing: the same result through the CER path
+        with_cer = model(inputs)[0]["sem_seg"]
+    assert names == ["sed_logits", "sed_image_features"]
+    torch.testing.assert_close(with_cer, plain, rtol=0, atol=0)
+
+
 def test_graph_capture_failure_falls_back_to_eager_with_a_warning(monkeypatch):
     from sed_d2.meta_arch import base
 

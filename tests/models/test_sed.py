@@ -330,17 +330,37 @@ def test_bf16_autocast_keeps_the_decoder_in_bf16():
     torch.testing.assert_close(logits.float(), reference, atol=0.05, rtol=0.05)
 
 
-def test_trunk_runs_in_float32_at_inference_under_autocast():
+def test_trunk_precision_at_inference_under_autocast():
+    """bf16 inference runs the trunk in bf16 (fast path) by default; with
+    inference_trunk_autocast False in float32 through timm's modules; without autocast
+    always float32. The decoder and its result are the same function either way."""
     model = _tiny_model().eval()
     images, text, _ = _model_inputs(batch=1)
     captured = {}
     model.decoder.register_forward_pre_hook(lambda m, a: captured.__setitem__("dense", a[0].dtype))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        model(images, text)
+    with torch.no_grad():
+        reference = model(images, text).logits
         assert captured["dense"] == torch.float32
-        model.inference_trunk_autocast = True
-        model(images, text)
-        assert captured["dense"] == torch.bfloat16
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(images, text).logits
+            assert captured["dense"] == torch.bfloat16
+            model.inference_trunk_autocast = False
+            model(images, text)
+            assert captured["dense"] == torch.float32
+    torch.testing.assert_close(low.float(), reference, atol=0.05, rtol=0.05)
+
+
+def test_forward_is_decode_of_image_features():
+    model = _tiny_model().eval()
+    images, text, _ = _model_inputs(batch=2)
+    with torch.no_grad():
+        features = model.image_features(images)
+        assert set(features) == {"clip_vis_dense", *model.decoder.skip_feature_names}
+        torch.testing.assert_close(model.decode(features, text).logits, model(images, text).logits, rtol=0, atol=0)
+    model.train()
+    features = model.image_features(images)
+    assert features["clip_vis_dense"].requires_grad
+    assert not any(features[name].requires_grad for name in model.decoder.skip_feature_names)  # stop-gradient #1
 
 
 @pytest.mark.parametrize("batch", [1, 2])
