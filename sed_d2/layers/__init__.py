@@ -8,7 +8,7 @@ from .convnext_block import ConvNeXtBlock, convnext_block_forward
 from .cost_volume import CostEmbedding, CostVolume, cosine_cost_volume
 from .fused_mlp import fused_layer_norm_mlp, fused_layer_norm_mlp_applies, layer_norm_mlp_reference
 from .linear_attention import LinearAttention, MultiHeadLinearAttention, linear_attention
-from .kernels import depthwise_conv2d, normalize_rows
+from .kernels import depthwise_conv2d, normalize_rows, single_output_conv2d
 from .norms import (
     fold_layer_norm_into_linear,
     group_norm,
@@ -54,4 +54,5 @@ __all__ = [
     "linear_attention",
     "normalize_last_dim",
     "normalize_rows",
+    "single_output_conv2d",
 ]

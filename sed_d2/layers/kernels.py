@@ -8,8 +8,16 @@
   the flipped filter; grad-weight has its own kernel.
 * :func:`normalize_rows`: LayerNorm without affine over the last dimension (one read, one
   write), with a closed-form backward.
+* :func:`single_output_conv2d`: the ``C -> 1`` "same" convolution of the class-logit heads
+  on channels-last maps (inference). cuDNN converts such maps to NCHW first and then runs
+  far below memory speed (4.3 ms per image for 847 maps of 16 x 192 x 192 in bf16, where
+  reading them takes ~0.3 ms).
+* :func:`group_norm_statistics` / :func:`group_norm_apply`: GroupNorm on channels-last maps
+  (inference) in two kernels, one read for the statistics and one read + one write for
+  ``relu?(GroupNorm(x + addend))``, instead of the five passes of ``var_mean``,
+  ``addcmul`` and ``relu_`` (plus two for a separate ``add_`` of the addend).
 
-Both fall back to plain PyTorch on CPU, without Triton, or for inputs they do not cover
+All fall back to plain PyTorch on CPU, without Triton, or for inputs they do not cover
 (the fallbacks are the definitions the tests compare the kernels with; on CPU the
 kernels themselves can be tested with ``TRITON_INTERPRET=1``). Results equal the PyTorch
 ops up to float32 summation order.
@@ -29,7 +37,16 @@ try:  # Triton ships with CUDA builds of PyTorch; elsewhere the fallbacks run.
 except ImportError:  # pragma: no cover - depends on the installation
     triton = None
 
-__all__ = ["depthwise_conv2d", "normalize_rows", "triton_available"]
+__all__ = [
+    "depthwise_conv2d",
+    "group_norm_apply",
+    "group_norm_kernels_apply",
+    "group_norm_statistics",
+    "normalize_rows",
+    "single_output_conv2d",
+    "single_output_conv2d_applies",
+    "triton_available",
+]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -183,6 +200,236 @@ class _NormalizeRows(torch.autograd.Function):
         return (dx * rstd.view(*y.shape[:-1], 1)).to(y.dtype), None
 
 
+# ----------------------------------------------------------------------------- single-output conv
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _conv_result_dtype(x: Tensor) -> torch.dtype:
+    """Dtype ``F.conv2d`` returns for ``x`` (weights in ``x``'s dtype): the autocast dtype
+    when autocast is on for ``x``'s device (it casts every floating operand), else ``x``'s."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.dtype in _FLOAT_DTYPES:
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+def single_output_conv2d_applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """Whether :func:`single_output_conv2d` runs the Triton kernel: channels-last float32 /
+    bf16 / fp16 ``x`` on CUDA (or under TRITON_INTERPRET), a square odd ``(1, C, k, k)``
+    filter, and no autograd (grad off or nothing requires grad)."""
+    return bool(
+        triton_available(x)
+        and x.dim() == 4
+        and weight.dim() == 4
+        and weight.shape[0] == 1
+        and weight.shape[1] == x.shape[1]
+        and weight.shape[2] == weight.shape[3]
+        and weight.shape[2] % 2 == 1
+        and (bias is None or tuple(bias.shape) == (1,))
+        and x.numel() > 0
+        and x.dtype in _FLOAT_DTYPES
+        and _conv_result_dtype(x) in _FLOAT_DTYPES
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and weight.device == x.device
+        and (bias is None or bias.device == x.device)
+        and x.shape[1] * x.shape[2] * x.shape[3] < 2**31
+        and not _needs_autograd(x, weight, bias)
+    )
+
+
+def single_output_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.conv2d(x, weight, bias, padding=k // 2)`` for a ``(1, C, k, k)`` filter, ``k``
+    odd: ``(N, C, H, W) -> (N, 1, H, W)``.
+
+    When :func:`single_output_conv2d_applies`, a Triton kernel reads the channels-last
+    ``x`` once (float32 accumulation; float32 inputs are multiplied in float32, no TF32;
+    the filter and bias are used in float32 even where ``F.conv2d`` would round them to
+    the activation dtype). Otherwise ``F.conv2d`` with the filter cast to ``x``'s dtype
+    (as :func:`depthwise_conv2d`). Both return the dtype ``F.conv2d`` would: the autocast
+    dtype under autocast (float32 ``x`` is then read as float32, not rounded first), else
+    ``x``'s.
+    """
+    kernel = weight.shape[-1]
+    if not single_output_conv2d_applies(x, weight, bias):
+        return F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), padding=kernel // 2)
+    with torch.no_grad():
+        return _single_output_conv_forward(x, weight, bias, _conv_result_dtype(x))
+
+
+# Tiles of the single-output conv: BLOCK_W x BLOCK_C = 1024 input elements per load (the
+# depthwise kernel's 32 x 32), with the _ROWS output-row accumulators of that size in
+# registers. For the SED heads this gives 64 x 16 (C = 16, W = 192: 3 column tiles),
+# 32 x 32 (C = 32, W = 96) and 16 x 64 (C = 64, W = 48), so no column tile is ragged.
+# C > 64 loops over channel blocks inside the program (no atomics: one program owns its
+# outputs). 8 warps: ptxas (sm_90, bf16) gives 80 registers per thread against 127-157
+# with 4 warps, so 24 instead of 16 resident warps per SM. Not timed on the GPU yet: a
+# sweep of the tile and num_warps may pay.
+_CONV_TILE = 1024
+_CONV_MAX_BLOCK_C = 64
+_CONV_WARPS = 8
+
+
+def _single_output_conv_forward(x: Tensor, weight: Tensor, bias: Tensor | None, out_dtype: torch.dtype) -> Tensor:
+    batch, channels, height, width = x.shape
+    kernel = weight.shape[-1]
+    out = torch.empty((batch, 1, height, width), dtype=out_dtype, device=x.device)
+    block_c = min(_CONV_MAX_BLOCK_C, triton.next_power_of_2(channels))
+    block_w = max(16, min(_CONV_TILE // block_c, triton.next_power_of_2(width)))
+    tiles_h, tiles_w = triton.cdiv(height, _ROWS), triton.cdiv(width, block_w)
+    # (k*k, C) float32: the taps of one filter position are contiguous over channels
+    w = weight.reshape(channels, kernel * kernel).t().float().contiguous()
+    b = w if bias is None else bias.float().contiguous()
+    # one flat grid, column tiles fastest: programs running together share their halo
+    # rows and columns in L2
+    _single_output_conv_kernel[(batch * tiles_h * tiles_w,)](
+        x, w, b, out, height, width, channels, tiles_h, tiles_w,
+        K=kernel, HAS_BIAS=bias is not None, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=_CONV_WARPS,
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------- group norm
+def group_norm_kernels_apply(x: Tensor, addend: Tensor | None, *params: Tensor | None) -> bool:
+    """Whether :func:`group_norm_statistics` / :func:`group_norm_apply` run for ``x`` (and
+    the optional per-sample ``addend``; ``params``: the norm's weight and bias, only
+    checked for autograd): 4-D channels-last float32 / bf16 / fp16 ``x`` with 1..256
+    channels on CUDA (or under TRITON_INTERPRET), ``addend`` on the same device, and no
+    autograd."""
+    return bool(
+        triton_available(x)
+        and x.dim() == 4
+        and x.numel() > 0
+        and x.shape[1] <= 256
+        and x.dtype in _FLOAT_DTYPES
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and x.shape[1] * x.shape[2] * x.shape[3] < 2**31
+        and (addend is None or (addend.device == x.device and addend.dtype in _FLOAT_DTYPES))
+        and not _needs_autograd(x, addend, *params)
+    )
+
+
+def _check_addend(x: Tensor, addend: Tensor) -> None:
+    if (
+        addend.dim() != x.dim()
+        or addend.shape[1:] != x.shape[1:]
+        or addend.shape[0] < 1
+        or x.shape[0] % addend.shape[0] != 0
+    ):
+        raise ValueError(
+            f"addend must be (B, *x.shape[1:]) with B dividing x.shape[0]; got {tuple(addend.shape)} "
+            f"for x {tuple(x.shape)}"
+        )
+
+
+def _addend_operand(x: Tensor, addend: Tensor | None) -> Tensor | None:
+    """The addend as the kernels read it: ``x``'s dtype, channels-last (B maps, cheap)."""
+    if addend is None:
+        return None
+    _check_addend(x, addend)
+    return addend.to(x.dtype).contiguous(memory_format=torch.channels_last)
+
+
+# Statistics tiles: BLOCK_P pixels x all channels (BLOCK_C = C rounded up to a power of
+# two), about 2048 elements, so each of 8 warps' threads keeps 2 x 8 float32 Welford
+# states. A program reduces _STATS_TILES consecutive tiles (a chunk of ~16K elements;
+# 1024 pixels at C = 16, 256 at C = 64): at the SED shapes that is 847 x 36 ~ 30K
+# programs, plenty to keep HBM busy, and the per-chunk results are ~1/500 of x.
+# Apply tiles: 4096 elements, 16 per thread (two 16-byte bf16 vectors along C).
+# 8 warps for both: ptxas (sm_90, bf16) gives ~80 registers per thread against ~140-150
+# with 4 warps (per-element 64-bit addresses), i.e. 24 instead of 12 resident warps per
+# SM. Not timed on the GPU yet.
+_STATS_TILE = 2048
+_STATS_TILES = 8
+_APPLY_TILE = 4096
+_GN_WARPS = 8
+
+
+def group_norm_statistics(x: Tensor, groups: int, addend: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-sample, per-group mean and biased variance of ``x + addend`` (float32, each
+    ``(N, G)``), for ``x`` ``(N, C, H, W)`` with :func:`group_norm_kernels_apply`.
+
+    ``addend`` ``(B, C, H, W)``, ``B`` dividing ``N``: sample ``n`` adds
+    ``addend[n // (N // B)]``; the sum is rounded to ``x``'s dtype (as ``x + addend``
+    would be) before it is reduced.
+
+    One kernel reads ``x`` (and ``addend``) once: every program reduces a chunk of pixels
+    of one sample to per-channel (mean, M2) with an element-wise Welford update (no
+    cross-thread reduction inside the loop) and combines its lanes at the end with Chan
+    et al.'s pairwise formula; the chunks and the channels of a group are then combined
+    the same way in PyTorch (a few tiny ops on ~1/500 of x). No sum-of-squares
+    cancellation: float32 inputs keep float32 accuracy whatever their mean.
+    """
+    batch, channels, height, width = x.shape
+    if channels % groups != 0:
+        raise ValueError(f"{channels} channels do not split into {groups} groups")
+    addend = _addend_operand(x, addend)
+    pixels = height * width
+    block_c = triton.next_power_of_2(channels)
+    block_p = max(1, min(_STATS_TILE // block_c, triton.next_power_of_2(pixels)))
+    chunk = block_p * _STATS_TILES
+    chunks = triton.cdiv(pixels, chunk)
+    means = torch.empty((batch, chunks, channels), dtype=torch.float32, device=x.device)
+    m2s = torch.empty_like(means)
+    per_addend = batch // addend.shape[0] if addend is not None else 1
+    _gn_stats_kernel[(batch * chunks,)](
+        x, x if addend is None else addend, means, m2s, pixels, channels, chunks, per_addend,
+        TILES=_STATS_TILES, HAS_ADDEND=addend is not None, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_GN_WARPS,
+    )
+    # Chan's combination over (chunk, channel of the group); every chunk but the last
+    # holds `chunk` pixels (arange on the device: no host sync, CUDA-graph safe)
+    counts = (pixels - chunk * torch.arange(chunks, device=x.device, dtype=torch.float32)).clamp_(max=chunk)
+    counts = counts.view(1, chunks, 1, 1)
+    means = means.view(batch, chunks, groups, channels // groups)
+    m2s = m2s.view_as(means)
+    total = pixels * (channels // groups)
+    group_mean = (means * counts).sum((1, 3)) / total  # (N, G)
+    deviation = means - group_mean[:, None, :, None]
+    group_m2 = m2s.sum((1, 3)) + (counts * deviation.square()).sum((1, 3))
+    return group_mean, group_m2 / total
+
+
+def group_norm_apply(
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    addend: Tensor | None = None,
+    relu: bool = False,
+) -> Tensor:
+    """``relu?((x + addend - mean[n, g]) * rsqrt(var[n, g] + eps) * weight[c] + bias[c])``
+    for ``x`` ``(N, C, H, W)`` with :func:`group_norm_kernels_apply`: ``mean`` / ``var``
+    ``(N, G)`` from :func:`group_norm_statistics`, ``weight`` / ``bias`` ``(C,)`` or
+    ``None``, ``addend`` as there. One read of ``x`` (+ ``addend``), one write of the
+    channels-last result in ``x``'s dtype; float32 arithmetic, one rounding. Centring
+    before scaling keeps float32 results at float32 accuracy when ``|mean| >> std`` (the
+    ``x * scale + shift`` form loses ``|mean| / std`` ulps)."""
+    batch, channels, height, width = x.shape
+    groups = mean.shape[-1]
+    if tuple(mean.shape) != (batch, groups) or tuple(var.shape) != (batch, groups) or channels % groups:
+        raise ValueError(
+            f"mean / var must be ({batch}, G), G dividing {channels}; got {tuple(mean.shape)} / {tuple(var.shape)}"
+        )
+    addend = _addend_operand(x, addend)
+    pixels = height * width
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    block_c = triton.next_power_of_2(channels)
+    block_p = max(1, min(_APPLY_TILE // block_c, triton.next_power_of_2(pixels)))
+    tiles = triton.cdiv(pixels, block_p)
+    per_addend = batch // addend.shape[0] if addend is not None else 1
+    as_f32 = lambda t: None if t is None else t.detach().float().contiguous()
+    mean, var, weight, bias = as_f32(mean), as_f32(var), as_f32(weight), as_f32(bias)
+    _gn_apply_kernel[(batch * tiles,)](
+        x, x if addend is None else addend, mean, var,
+        mean if weight is None else weight, mean if bias is None else bias, out,
+        pixels, channels, channels // groups, groups, tiles, per_addend, float(eps),
+        HAS_ADDEND=addend is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RELU=relu,
+        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_GN_WARPS,
+    )
+    return out
+
+
 # ----------------------------------------------------------------------------- kernels
 if triton is not None:
 
@@ -283,3 +530,133 @@ if triton is not None:
         rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=1) / C + eps)
         tl.store(y_ptr + offs, (centered * rstd[:, None]).to(y_ptr.dtype.element_ty), mask=mask)
         tl.store(rstd_ptr + rows, rstd, mask=rows < M)
+
+    @triton.jit
+    def _single_output_conv_kernel(
+        x_ptr, w_ptr, b_ptr, y_ptr, H, W, C, TILES_H, TILES_W,
+        K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        # Output rows h0..h0+3 (_ROWS) x BLOCK_W columns of one image. As in
+        # _dw_forward_kernel, input row h0 - K//2 + r feeds output row h0 + q through
+        # filter row r - q, so each input tile is loaded once for all the output rows it
+        # touches. The products accumulate element-wise over (pixel, channel) and are
+        # summed over channels once at the end (no cross-thread reduction per tap).
+        pid = tl.program_id(0)
+        tile_w = pid % TILES_W
+        rest = pid // TILES_W
+        h0 = (rest % TILES_H) * 4
+        n = rest // TILES_H
+        offs_w = tile_w * BLOCK_W + tl.arange(0, BLOCK_W)
+        image = n.to(tl.int64) * H * W * C  # per-image offsets are int32 (checked on the host)
+        acc0 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        acc1 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        acc3 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            mask_c = offs_c < C
+            for j in tl.static_range(K):
+                ww = offs_w + (j - K // 2)
+                col = ww[:, None] * C + offs_c[None, :]
+                col_ok = ((ww >= 0) & (ww < W))[:, None] & mask_c[None, :]
+                for r in tl.static_range(K + 3):
+                    hh = h0 + (r - K // 2)
+                    row_ok = (hh >= 0) & (hh < H)
+                    xv = tl.load(x_ptr + image + hh * W * C + col, mask=col_ok & row_ok, other=0.0).to(tl.float32)
+                    if r < K:
+                        acc0 += xv * tl.load(w_ptr + (r * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
+                    if r >= 1 and r < K + 1:
+                        acc1 += xv * tl.load(w_ptr + ((r - 1) * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
+                    if r >= 2 and r < K + 2:
+                        acc2 += xv * tl.load(w_ptr + ((r - 2) * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
+                    if r >= 3:
+                        acc3 += xv * tl.load(w_ptr + ((r - 3) * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
+        out0 = tl.sum(acc0, axis=1)
+        out1 = tl.sum(acc1, axis=1)
+        out2 = tl.sum(acc2, axis=1)
+        out3 = tl.sum(acc3, axis=1)
+        if HAS_BIAS:
+            bias = tl.load(b_ptr)
+            out0 += bias
+            out1 += bias
+            out2 += bias
+            out3 += bias
+        out = y_ptr + n.to(tl.int64) * H * W + h0 * W + offs_w
+        mask = offs_w < W
+        ty = y_ptr.dtype.element_ty
+        tl.store(out, out0.to(ty), mask=mask)
+        tl.store(out + W, out1.to(ty), mask=mask & (h0 + 1 < H))
+        tl.store(out + 2 * W, out2.to(ty), mask=mask & (h0 + 2 < H))
+        tl.store(out + 3 * W, out3.to(ty), mask=mask & (h0 + 3 < H))
+
+    @triton.jit
+    def _gn_stats_kernel(
+        x_ptr, a_ptr, mean_ptr, m2_ptr, P, C, CHUNKS, PER_ADDEND,
+        TILES: tl.constexpr, HAS_ADDEND: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        # Per-channel (mean, M2) of TILES x BLOCK_P pixels of sample n. Every (pixel lane,
+        # channel) element keeps its own Welford state; lanes see the same count except in
+        # the ragged last tile, so counts are kept per pixel lane. The lanes are merged
+        # once at the end (Chan et al.): M2 = sum M2_l + sum n_l (mean_l - mean)^2.
+        pid = tl.program_id(0)
+        n = pid // CHUNKS
+        p0 = (pid % CHUNKS) * (TILES * BLOCK_P)
+        offs_c = tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        image = n.to(tl.int64) * P * C
+        shared = (n // PER_ADDEND).to(tl.int64) * P * C
+        mean = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        m2 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        count = tl.zeros((BLOCK_P,), dtype=tl.float32)
+        for t in range(TILES):
+            offs_p = p0 + t * BLOCK_P + tl.arange(0, BLOCK_P)
+            valid = offs_p < P
+            mask = valid[:, None] & mask_c[None, :]
+            offs = offs_p[:, None] * C + offs_c[None, :]
+            v = tl.load(x_ptr + image + offs, mask=mask, other=0.0).to(tl.float32)
+            if HAS_ADDEND:
+                a = tl.load(a_ptr + shared + offs, mask=mask, other=0.0).to(tl.float32)
+                v = (v + a).to(x_ptr.dtype.element_ty).to(tl.float32)  # the rounding of x + addend
+            count += valid.to(tl.float32)
+            inv = tl.where(valid, 1.0 / tl.maximum(count, 1.0), 0.0)
+            delta = v - mean
+            mean += delta * inv[:, None]
+            m2 += tl.where(mask, delta * (v - mean), 0.0)
+        total = tl.sum(count, axis=0)
+        chunk_mean = tl.sum(mean * count[:, None], axis=0) / total
+        deviation = tl.where((count > 0)[:, None], mean - chunk_mean[None, :], 0.0)
+        chunk_m2 = tl.sum(m2, axis=0) + tl.sum(count[:, None] * deviation * deviation, axis=0)
+        tl.store(mean_ptr + pid * C + offs_c, chunk_mean, mask=mask_c)
+        tl.store(m2_ptr + pid * C + offs_c, chunk_m2, mask=mask_c)
+
+    @triton.jit
+    def _gn_apply_kernel(
+        x_ptr, a_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, y_ptr, P, C, CG, G, TILES, PER_ADDEND, eps,
+        HAS_ADDEND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        n = pid // TILES
+        offs_p = (pid % TILES) * BLOCK_P + tl.arange(0, BLOCK_P)
+        offs_c = tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        mask = (offs_p < P)[:, None] & mask_c[None, :]
+        offs = offs_p[:, None] * C + offs_c[None, :]
+        image = n.to(tl.int64) * P * C
+        v = tl.load(x_ptr + image + offs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_ADDEND:
+            shared = (n // PER_ADDEND).to(tl.int64) * P * C
+            a = tl.load(a_ptr + shared + offs, mask=mask, other=0.0).to(tl.float32)
+            v = (v + a).to(x_ptr.dtype.element_ty).to(tl.float32)  # as in _gn_stats_kernel
+        # per-channel constants of sample n (BLOCK_C values; the group of channel c is c // CG)
+        stat = n * G + offs_c // CG
+        center = tl.load(mean_ptr + stat, mask=mask_c, other=0.0)
+        scale = 1.0 / tl.sqrt_rn(tl.load(var_ptr + stat, mask=mask_c, other=1.0) + eps)
+        if HAS_WEIGHT:
+            scale *= tl.load(w_ptr + offs_c, mask=mask_c, other=0.0)
+        y = (v - center[None, :]) * scale[None, :]
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs_c, mask=mask_c, other=0.0)[None, :]
+        if RELU:
+            y = tl.where(y < 0.0, 0.0, y)  # NaN passes through, as in torch.relu
+        tl.store(y_ptr + image + offs, y.to(y_ptr.dtype.element_ty), mask=mask)

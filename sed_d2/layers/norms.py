@@ -7,7 +7,9 @@ Three properties of the helpers here make that fast without changing the result:
 * **Few passes.** LayerNorm is one Triton pass on CUDA (else a ``var_mean`` reduction
   and one ``addcmul``; both beat the row-per-block LayerNorm kernel on short rows) and
   the affine part is folded into the linear layer that follows
-  (:func:`fold_layer_norm_into_linear`). GroupNorm statistics are per-channel
+  (:func:`fold_layer_norm_into_linear`). GroupNorm on CUDA at inference is two Triton
+  kernels (statistics: one read; normalise + affine + ReLU: one read, one write), which
+  can also add a per-image shared term on the fly; else its statistics are per-channel
   ``var_mean`` combined per group in closed form, and the affine + ReLU are one
   ``addcmul`` and one in-place ReLU.
 * **Dtype kept.** Under bf16 autocast, ``F.layer_norm`` / ``F.group_norm`` return float32
@@ -26,7 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kernels import normalize_rows
+from .kernels import (
+    _check_addend,
+    _needs_autograd,
+    group_norm_apply,
+    group_norm_kernels_apply,
+    group_norm_statistics,
+    normalize_rows,
+)
 
 __all__ = ["fold_layer_norm_into_linear", "group_norm", "layer_norm", "layer_norm_linear", "normalize_last_dim"]
 
@@ -93,30 +102,64 @@ def layer_norm_linear(x: Tensor, norm: nn.LayerNorm, linear: nn.Linear) -> Tenso
     return F.linear(normalize_last_dim(x, norm.eps), weight, bias)
 
 
-def group_norm(x: Tensor, norm: nn.GroupNorm, relu: bool = False) -> Tensor:
-    """``norm(x)`` (then ReLU if asked) for ``(N, C, *spatial)`` in any memory layout,
-    returning ``x``'s dtype and layout.
+def group_norm(x: Tensor, norm: nn.GroupNorm, relu: bool = False, addend: Tensor | None = None) -> Tensor:
+    """``norm(x + addend)`` (then ReLU if asked) for ``(N, C, *spatial)`` in any memory
+    layout, returning ``x``'s dtype and layout.
 
-    Per-channel mean and variance come from one ``var_mean`` pass; a group's statistics
-    are the exact combination ``mean_g = avg(mean_c)``,
+    ``addend``: optional ``(B, C, *spatial)`` term shared by groups of ``N / B``
+    consecutive samples (sample ``n`` adds ``addend[n // (N / B)]``; ``B`` must divide
+    ``N``), added in ``x``'s dtype before normalising; it is never repeated in memory.
+
+    Channels-last 4-D CUDA inputs without autograd take two Triton kernels
+    (:func:`sed_d2.layers.kernels.group_norm_statistics` and
+    :func:`~sed_d2.layers.kernels.group_norm_apply`): one read of ``x`` (+ ``addend``) for
+    the statistics, one read and one write for the sum, normalisation, affine and ReLU
+    (float32 arithmetic, one rounding).
+
+    Otherwise (PyTorch): per-channel mean and variance come from one ``var_mean`` pass; a
+    group's statistics are the exact combination ``mean_g = avg(mean_c)``,
     ``var_g = avg(var_c + (mean_c - mean_g)^2)`` (equal counts per channel).
     """
     batch, channels = x.shape[:2]
     groups = norm.num_groups
     if channels != norm.num_channels:
         raise ValueError(f"GroupNorm over {norm.num_channels} channels got {channels}")
-    var, mean = torch.var_mean(x, dim=tuple(range(2, x.dim())), correction=0)  # (N, C)
+    if addend is not None:
+        _check_addend(x, addend)
     dtype = _stat_dtype(x)
+    if group_norm_kernels_apply(x, addend, norm.weight, norm.bias):
+        with torch.no_grad():
+            group_mean, group_var = group_norm_statistics(x, groups, addend)
+            return group_norm_apply(x, group_mean, group_var, norm.weight, norm.bias, norm.eps, addend, relu)
+    owned = False  # x is a temporary of ours (x + addend): the affine may overwrite it
+    if addend is not None:
+        x = (x.unflatten(0, (addend.shape[0], -1)) + addend.to(x.dtype).unsqueeze(1)).flatten(0, 1)
+        owned = not _needs_autograd(x, norm.weight, norm.bias)
+    var, mean = torch.var_mean(x, dim=tuple(range(2, x.dim())), correction=0)  # (N, C)
     mean = mean.to(dtype).view(batch, groups, -1)
     var = var.to(dtype).view(batch, groups, -1)
     group_mean = mean.mean(-1, keepdim=True)
     group_var = (var + (mean - group_mean).square()).mean(-1, keepdim=True)
-    scale = torch.rsqrt(group_var + norm.eps).expand_as(mean)  # (N, G, C/G)
+    scale, shift = _group_affine(group_mean, group_var, norm, dtype)
+    shape = (batch, channels) + (1,) * (x.dim() - 2)
+    shift, scale = shift.reshape(shape).to(x.dtype), scale.reshape(shape).to(x.dtype)
+    # the sum is ours when there is an addend: writing into it keeps the peak memory of the
+    # former in-place add (inference)
+    y = torch.addcmul(shift, x, scale, out=x) if owned else torch.addcmul(shift, x, scale)
+    return torch.relu_(y) if relu else y
+
+
+def _group_affine(
+    group_mean: Tensor, group_var: Tensor, norm: nn.GroupNorm, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Per-channel ``scale`` and ``shift`` (each ``(N, G, C / G)``, ``dtype``) with
+    ``norm(x) = x * scale + shift``, from ``(N, G, 1)`` group statistics."""
+    groups = norm.num_groups
+    per_group = norm.num_channels // groups
+    scale = torch.rsqrt(group_var.to(dtype) + norm.eps).expand(-1, -1, per_group)  # (N, G, C/G)
     if norm.weight is not None:
         scale = scale * norm.weight.to(dtype).view(groups, -1)
-    shift = -group_mean * scale
+    shift = -group_mean.to(dtype) * scale
     if norm.bias is not None:
         shift = shift + norm.bias.to(dtype).view(groups, -1)
-    shape = (batch, channels) + (1,) * (x.dim() - 2)
-    y = torch.addcmul(shift.reshape(shape).to(x.dtype), x, scale.reshape(shape).to(x.dtype))
-    return torch.relu_(y) if relu else y
+    return scale, shift

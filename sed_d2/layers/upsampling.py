@@ -116,6 +116,7 @@ class DoubleConv(nn.Module):
 
         Any memory layout; channels-last in, channels-last out.
         """
+        addend = None
         if shared is None:
             y = self.conv1(x)
         else:
@@ -129,12 +130,14 @@ class DoubleConv(nn.Module):
             own = torch.cat([weight[:, :shared_at], weight[:, shared_at + width :]], dim=1)
             y = F.conv2d(x, own, conv.bias, conv.stride, conv.padding, conv.dilation)
             common = F.conv2d(shared, weight[:, shared_at : shared_at + width], None, conv.stride, conv.padding, conv.dilation)
-            common = common.unsqueeze(1).to(y.dtype)
+            common = common.to(y.dtype)
             if torch.is_grad_enabled():
-                y = (y.unflatten(0, (shared.shape[0], -1)) + common).flatten(0, 1)
+                y = (y.unflatten(0, (shared.shape[0], -1)) + common.unsqueeze(1)).flatten(0, 1)
             else:
-                y.unflatten(0, (shared.shape[0], -1)).add_(common)
-        y = group_norm(y, self.norm1, relu=True)
+                # inference: the norm adds the shared term while it reads y (no separate
+                # pass over y; on CUDA both GroupNorm kernels read y + common)
+                addend = common
+        y = group_norm(y, self.norm1, relu=True, addend=addend)
         return group_norm(self.conv2(y), self.norm2, relu=True)
 
 

@@ -31,6 +31,7 @@ from ..layers import (
     CostVolume,
     SkipFusion,
 )
+from ..layers.kernels import single_output_conv2d, single_output_conv2d_applies
 from ..losses import one_hot_bce_loss
 from .parameter_groups import ParameterGroupTable, assign_parameter_groups
 
@@ -336,9 +337,38 @@ class SEDDecoder(nn.Module):
 
 
 def _class_logits(head: nn.Module, x: Tensor) -> Tensor:
-    """Apply a 1-output conv head to a class-batched map: ``(B, T, C, H, W) -> (B, T, H, W)``."""
+    """Apply a 1-output conv head to a class-batched map: ``(B, T, C, H, W) -> (B, T, H, W)``.
+
+    At inference a plain same-padded ``Conv2d(C, 1, k)`` head on channels-last CUDA maps
+    runs as :func:`sed_d2.layers.kernels.single_output_conv2d` (one read of the maps;
+    cuDNN first converts them to NCHW). It returns the dtype the module call would (the
+    autocast dtype under autocast); the filter stays float32 there. Anything else (other
+    heads, hooks, mismatched dtypes without autocast, autograd, CPU) calls ``head``.
+    """
     batch, num_classes = x.shape[:2]
-    return head(x.flatten(0, 1)).view(batch, num_classes, *x.shape[-2:])
+    maps = x.flatten(0, 1)
+    if (
+        type(head) is nn.Conv2d
+        and head.out_channels == 1
+        and head.kernel_size[0] == head.kernel_size[1]
+        and head.kernel_size[0] % 2 == 1
+        and head.padding in ((head.kernel_size[0] // 2,) * 2, "same")
+        and head.padding_mode == "zeros"
+        and head.stride == (1, 1)
+        and head.dilation == (1, 1)
+        and head.groups == 1
+        and not (head._forward_hooks or head._forward_pre_hooks)
+        # without autocast the module call needs matching dtypes (else it raises: keep that)
+        and (
+            torch.is_autocast_enabled(maps.device.type)
+            or all(t is None or t.dtype == maps.dtype for t in (head.weight, head.bias))
+        )
+        and single_output_conv2d_applies(maps, head.weight, head.bias)
+    ):
+        logits = single_output_conv2d(maps, head.weight, head.bias)
+    else:
+        logits = head(maps)
+    return logits.view(batch, num_classes, *x.shape[-2:])
 
 
 def _top_k_union(logits: Tensor, k: int) -> Tensor:

@@ -102,3 +102,43 @@ def test_norms_keep_bf16_under_autocast():
         y = group_norm(x, nn.GroupNorm(1, 16), relu=True)
     assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y.float(), F.relu(F.group_norm(x.float(), 1)), atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("groups, channels, batch, per_image", [(1, 16, 1, 3), (2, 32, 2, 2), (4, 64, 3, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_group_norm_with_addend_equals_f_group_norm_of_the_sum(groups, channels, batch, per_image, channels_last):
+    """The CPU path (PyTorch): addend[n // (N / B)] is added before normalising; values and
+    gradients (x, addend, affine) equal F.group_norm of the explicit sum."""
+    torch.manual_seed(channels)
+    norm = nn.GroupNorm(groups, channels).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(batch * per_image, channels, 5, 6, dtype=torch.float64) * 2 + 1
+    addend = torch.randn(batch, channels, 5, 6, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(), addend.requires_grad_()
+    total = x + addend.repeat_interleave(per_image, dim=0)
+    for relu in (False, True):
+        out = group_norm(x, norm, relu=relu, addend=addend)
+        ref = F.relu(norm(total)) if relu else norm(total)
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+        params = [x, addend, norm.weight, norm.bias]
+        grad = torch.randn_like(ref)
+        for a, b in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
+            torch.testing.assert_close(a, b)
+        with torch.no_grad():  # inference: the affine is written into the (own) sum
+            before = x.clone()
+            plain = group_norm(x, norm, relu=relu, addend=addend)
+        torch.testing.assert_close(plain, ref.detach(), rtol=1e-12, atol=1e-12)
+        assert torch.equal(x, before)  # the input is never modified
+
+
+def test_group_norm_rejects_bad_addend_shapes():
+    norm = nn.GroupNorm(2, 32)
+    x = torch.randn(6, 32, 4, 5)
+    for shape in [(4, 32, 4, 5), (0, 32, 4, 5), (2, 16, 4, 5), (2, 32, 5, 4), (2, 1, 32, 4, 5), (32, 4, 5)]:
+        with pytest.raises(ValueError, match="addend must be"):
+            group_norm(x, norm, addend=torch.randn(shape))

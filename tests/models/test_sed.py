@@ -1,9 +1,16 @@
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
+from torch import nn
 
 from sed_d2.clip import build_clip_model, dense_feature_channels
-from sed_d2.layers import cosine_cost_volume
+from sed_d2.layers import Conv2dReLU, cosine_cost_volume
 from sed_d2.models import SEDDecoder, SEDModel, SEDOutput, build_sed_decoder_for
+from sed_d2.models.sed import _class_logits
 
 P = 4  # templates
 SKIP_CHANNELS = (12, 10, 8)  # res4, res3, res2
@@ -417,3 +424,86 @@ def test_chunked_losses_equal_plain_losses():
             assert a is None
         else:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- _class_logits
+# At inference on channels-last CUDA maps a plain Conv2d(C, 1, 3, padding=1) head runs as the
+# Triton kernel single_output_conv2d; on CPU that kernel runs in Triton's interpreter (a
+# subprocess with TRITON_INTERPRET=1, as in tests/layers/test_kernels.py). Everything else
+# calls the module.
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_CHECK = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from sed_d2.layers import Conv2dReLU, kernels
+    from sed_d2.models.sed import _class_logits
+
+    launches = []
+    forward = kernels._single_output_conv_forward
+    def counting(*args):
+        launches.append(args[0].shape)
+        return forward(*args)
+    kernels._single_output_conv_forward = counting
+
+    torch.manual_seed(0)
+    B, T, C, H, W = 2, 3, 16, 7, 9
+    head = nn.Conv2d(C, 1, 3, padding=1)
+    x = torch.randn(B * T, C, H, W).contiguous(memory_format=torch.channels_last).unflatten(0, (B, T))
+    plain = head(x.flatten(0, 1)).view(B, T, H, W)  # grad enabled, params need grad: the module
+    assert not launches and plain.grad_fn is not None
+    assert _class_logits(head, x).grad_fn is not None and not launches
+    with torch.no_grad():
+        out = _class_logits(head, x)
+        assert len(launches) == 1 and out.shape == (B, T, H, W) and out.dtype == torch.float32
+        torch.testing.assert_close(out, plain.detach(), rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the module's dtype under autocast
+            fast, module = _class_logits(head, x), head(x.flatten(0, 1))
+            fast16 = _class_logits(head, x.bfloat16())
+        assert len(launches) == 3 and fast.dtype == module.dtype == fast16.dtype == torch.bfloat16
+        torch.testing.assert_close(fast.float(), module.float().view(B, T, H, W), rtol=2e-2, atol=5e-2)
+        torch.testing.assert_close(fast16.float(), module.float().view(B, T, H, W), rtol=2e-2, atol=5e-2)
+        # a bf16 head on bf16 maps, no autocast: the kernel, as the module call would give
+        out16 = _class_logits(head.bfloat16(), x.bfloat16())
+        assert len(launches) == 4 and out16.dtype == torch.bfloat16
+        torch.testing.assert_close(out16.float(), plain.detach(), rtol=2e-2, atol=5e-2)
+        head.float()
+        # not taken: NCHW maps, a Conv2d subclass (its own forward), a dilated head, a forward hook,
+        # and a float32 head on bf16 maps without autocast (the module raises; so must we)
+        _class_logits(head, x.contiguous())
+        relu_head = Conv2dReLU(C, 1, 3, padding=1)
+        _class_logits(relu_head, x)
+        _class_logits(nn.Conv2d(C, 1, 3, padding=2, dilation=2), x)
+        hooked = nn.Conv2d(C, 1, 3, padding=1)
+        hooked.register_forward_hook(lambda m, a, out: out * 0)
+        assert _class_logits(hooked, x).abs().max() == 0
+        try:
+            _class_logits(head, x.bfloat16())
+            raise AssertionError("mixed dtypes must raise as the module call does")
+        except RuntimeError:
+            pass
+        assert len(launches) == 4
+    print("ok")
+    """
+)
+
+
+def test_class_logits_kernel_in_the_interpreter():
+    pytest.importorskip("triton", reason="Triton is not installed: the kernel cannot run here")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run(
+        [sys.executable, "-c", _CHECK], check=False, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_class_logits_on_cpu_is_the_module():
+    torch.manual_seed(1)
+    head = nn.Conv2d(8, 1, 3, padding=1).double()
+    x = torch.randn(6, 8, 5, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last).unflatten(0, (2, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(_class_logits(head, x), head(x.flatten(0, 1)).view(2, 3, 5, 4), rtol=0, atol=0)
+    relu_head = Conv2dReLU(8, 1, 3, padding=1).double()
+    torch.testing.assert_close(_class_logits(relu_head, x), relu_head(x.flatten(0, 1)).view(2, 3, 5, 4), rtol=0, atol=0)
