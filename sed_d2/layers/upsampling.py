@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .kernels import conv_transpose_2x2_applies, conv_transpose_2x2_into
 from .norms import group_norm
 
 __all__ = [
@@ -36,7 +37,7 @@ class ConvTranspose2dReLU(nn.ConvTranspose2d):
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         if output_size is None and _is_plain_2x2(self):
-            return torch.relu_(conv_transpose_2x2(x, self.weight, self.bias))
+            return conv_transpose_2x2(x, self.weight, self.bias, relu=True)
         return F.relu(super().forward(x, output_size))
 
 
@@ -51,15 +52,21 @@ def _is_plain_2x2(conv: nn.ConvTranspose2d) -> bool:
     )
 
 
-def conv_transpose_2x2(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor | None = None) -> Tensor:
-    """``F.conv_transpose2d(x, weight, bias, stride=2)`` for a ``(C, O, 2, 2)`` weight, as
-    one matrix product over channels and a pixel shuffle (every output pixel has exactly
-    one input pixel): ``(N, C, H, W) -> (N, O, 2H, 2W)``, channels-last. Much faster than
-    cuDNN's transposed convolution on channels-last maps with few channels.
+def conv_transpose_2x2(
+    x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor | None = None, relu: bool = False
+) -> Tensor:
+    """``F.conv_transpose2d(x, weight, bias, stride=2)`` (then ReLU if asked) for a
+    ``(C, O, 2, 2)`` weight, as one matrix product over channels and a pixel shuffle
+    (every output pixel has exactly one input pixel): ``(N, C, H, W) -> (N, O, 2H, 2W)``,
+    channels-last. Much faster than cuDNN's transposed convolution on channels-last maps
+    with few channels. At inference on CUDA both are one Triton kernel
+    (:func:`sed_d2.layers.kernels.conv_transpose_2x2_into`).
 
     ``out``: an ``(N, O, 2H, 2W)`` view whose channel axis has stride 1 (e.g. a channel
     slice of a channels-last buffer); the pixel shuffle then writes straight into it (no
     gradient flows through ``out``; for inference) and ``out`` is returned."""
+    if conv_transpose_2x2_applies(x, weight, bias, out):
+        return conv_transpose_2x2_into(x, weight, bias, out, relu=relu)
     batch, channels, height, width = x.shape
     out_channels = weight.shape[1]
     matrix = weight.permute(0, 2, 3, 1).reshape(channels, 4 * out_channels)  # (C, (a, b, O))
@@ -71,9 +78,10 @@ def conv_transpose_2x2(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tens
                 f"out must be a ({batch}, {out_channels}, {2 * height}, {2 * width}) view with channel stride 1, "
                 f"got {tuple(out.shape)} with strides {out.stride()}"
             )
-        out.permute(0, 2, 3, 1).unflatten(2, (width, 2)).unflatten(1, (height, 2)).copy_(y)
+        out.permute(0, 2, 3, 1).unflatten(2, (width, 2)).unflatten(1, (height, 2)).copy_(y.relu() if relu else y)
         return out
-    return y.reshape(batch, 2 * height, 2 * width, out_channels).permute(0, 3, 1, 2)
+    y = y.reshape(batch, 2 * height, 2 * width, out_channels).permute(0, 3, 1, 2)
+    return torch.relu_(y) if relu else y
 
 
 class DoubleConv(nn.Module):

@@ -198,3 +198,61 @@ def test_single_output_conv_cpu_fallback_is_f_conv2d():
     out = single_output_conv2d(x, weight, bias)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, F.conv2d(x, weight.double(), bias.double(), padding=1), rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- 2x2 transposed conv
+_CONV_TRANSPOSE_CHECK = textwrap.dedent(
+    """
+    import numpy as np
+    import torch, torch.nn.functional as F
+    from triton.runtime import interpreter
+
+    # The interpreter multiplies bf16 dot operands as raw uint16 bits: widen them (exact).
+    _dot = interpreter.InterpreterBuilder.create_dot
+    def _widen(t):
+        if t.dtype.scalar.name != "bf16":
+            return t
+        return interpreter.TensorHandle((t.data.astype(np.uint32) << 16).view(np.float32), interpreter.tl.float32)
+    interpreter.InterpreterBuilder.create_dot = lambda self, a, b, d, *args: _dot(self, _widen(a), _widen(b), d, *args)
+
+    from sed_d2.layers import conv_transpose_2x2
+    from sed_d2.layers.kernels import conv_transpose_2x2_applies
+    torch.manual_seed(0)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for n, c, o, h, w in [(2, 8, 24, 3, 5), (1, 80, 32, 2, 3), (3, 32, 8, 1, 4)]:
+        x = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
+        weight, bias = torch.randn(c, o, 2, 2) / c ** 0.5, torch.randn(o)
+        assert conv_transpose_2x2_applies(x, weight, bias)
+        ref = F.conv_transpose2d(x.double(), weight.double(), bias.double(), stride=2)
+        with torch.no_grad():
+            out = conv_transpose_2x2(x, weight, bias)
+            assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == torch.float32
+            torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(conv_transpose_2x2(x, weight, None, relu=True).double(),
+                                       F.relu(ref - bias.double().view(1, o, 1, 1)), rtol=1e-5, atol=1e-5)
+            # into a channel slice of a wider channels-last buffer: neighbours untouched
+            buffer = torch.full((n, o + 5, 2 * h, 2 * w), 7.0).contiguous(memory_format=torch.channels_last)
+            conv_transpose_2x2(x, weight, bias, out=buffer[:, 2 : 2 + o])
+            torch.testing.assert_close(buffer[:, 2 : 2 + o].double(), ref, rtol=1e-5, atol=1e-5)
+            assert (buffer[:, :2] == 7).all() and (buffer[:, 2 + o :] == 7).all()
+            # bf16 activations (as under autocast in the decoder): bf16 out, float32 accumulation
+            xb = x.bfloat16()
+            with torch.autocast("cpu", torch.bfloat16):
+                outb = conv_transpose_2x2(xb, weight, bias)
+            assert outb.dtype == torch.bfloat16
+            refb = F.conv_transpose2d(xb.double(), weight.bfloat16().double(), bias.double(), stride=2)
+            torch.testing.assert_close(outb.double(), refb, rtol=2e-2, atol=2e-2)
+    xg = x.clone().requires_grad_()
+    assert not conv_transpose_2x2_applies(xg, weight, bias)  # autograd: the PyTorch path
+    print("ok")
+    """
+)
+
+
+def test_conv_transpose_2x2_kernel_in_the_interpreter():
+    pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run here")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run(
+        [sys.executable, "-c", _CONV_TRANSPOSE_CHECK], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
