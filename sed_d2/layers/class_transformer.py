@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fused_linear_attention import fused_class_linear_attention
+from .fused_mlp import fused_layer_norm_mlp
+from .kernels import triton_available
 from .linear_attention import MultiHeadLinearAttention
 from .norms import layer_norm_linear
 
@@ -65,6 +69,14 @@ class ClassTransformerLayer(nn.Module):
     Parameters (official -> ours): ``norm1`` -> ``attention_norm``, ``attention.{q,k,v}``
     -> ``attention.{query,key,value}``, ``norm2`` -> ``mlp_norm``, ``MLP.0`` -> ``mlp.fc1``,
     ``MLP.2`` -> ``mlp.fc2``. The norms are ``nn.LayerNorm`` with eps 1e-5.
+
+    Inference fast path: in eval mode with pooling ``(1, 1)``, no guidance, no autograd
+    (gradients off or nothing requires grad), channels-last class maps and Triton
+    available (CUDA or ``TRITON_INTERPRET=1``), the layer runs as the folded q/k/v
+    ``F.linear``, two Triton passes for attention + residual
+    (:mod:`.fused_linear_attention`) and one fused LayerNorm-MLP pass that also adds both
+    residuals (:mod:`.fused_mlp`; ReLU or GELU MLPs). Same function and output layout as
+    the general path, up to float rounding; training always takes the general path.
     """
 
     def __init__(
@@ -91,6 +103,8 @@ class ClassTransformerLayer(nn.Module):
         return self.pooling_size if self.training else self.test_pooling_size
 
     def forward(self, x: Tensor, guidance: Tensor | None = None) -> Tensor:
+        if guidance is None and self._fused_inference_applies(x):
+            return self._fused_inference_forward(x)
         batch, num_classes, channels, height, width = x.shape
         pooling = self.active_pooling_size
         pooled = x.flatten(0, 1)
@@ -110,6 +124,49 @@ class ClassTransformerLayer(nn.Module):
         if (pooled_h, pooled_w) != (height, width):
             pooled = F.interpolate(pooled, size=(height, width), mode="bilinear", align_corners=True)
         return x + pooled.unflatten(0, (batch, num_classes))
+
+    def _mlp_activation(self) -> tuple[str, str] | None:
+        """``(activation, gelu_approximate)`` of the MLP for :func:`fused_layer_norm_mlp`,
+        or ``None`` for an activation it does not implement."""
+        act = self.mlp.act
+        if type(act) is nn.ReLU:
+            return ("relu", "none")
+        if type(act) is nn.GELU and act.approximate in ("none", "tanh"):
+            return ("gelu", act.approximate)
+        return None
+
+    def _fused_inference_applies(self, x: Tensor) -> bool:
+        """Whether :meth:`forward` (without guidance) takes the fused inference path.
+        The kernels' own predicates are checked inside the fused functions, which fall
+        back to the same math in PyTorch (e.g. a head dim the attention kernels do not
+        tile); this decides only what the path needs around them."""
+        return bool(
+            not self.training
+            and self.active_pooling_size == (1, 1)
+            and self.attention.guidance_dim == 0
+            and x.dim() == 5
+            and triton_available(x)
+            # channels-last class maps: the (B, T, H*W, C) tokens are a view and the
+            # (B, T, H*W, C) result is already the channels-last output
+            and x.permute(0, 1, 3, 4, 2).is_contiguous()
+            and self._mlp_activation() is not None
+            and not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
+        )
+
+    def _fused_inference_forward(self, x: Tensor) -> Tensor:
+        """``forward(x)`` at pooling ``(1, 1)`` without autograd: ``t1 = tokens + attn``,
+        ``out = t1 + tokens + mlp(mlp_norm(t1))`` (``+ tokens``: the layer's extra ``+ x``)."""
+        batch, num_classes, channels, height, width = x.shape
+        tokens = x.permute(0, 1, 3, 4, 2).view(batch, num_classes, height * width, channels)
+        attention = self.attention
+        qkv = attention.qkv_projection(tokens, norm=self.attention_norm)  # (B, T, P, 3C), one cuBLAS linear
+        t1 = fused_class_linear_attention(qkv, tokens, attention.num_heads, attention.attention.eps)
+        activation, approximate = self._mlp_activation()
+        out = fused_layer_norm_mlp(
+            t1, t1, self.mlp_norm, self.mlp.fc1, self.mlp.fc2, None, approximate,
+            activation=activation, extra_residual=tokens.to(t1.dtype),
+        )
+        return out.view(batch, num_classes, height, width, channels).permute(0, 1, 4, 2, 3)
 
     def extra_repr(self) -> str:
         return f"pooling_size={self.pooling_size}, test_pooling_size={self.test_pooling_size}"

@@ -17,6 +17,11 @@ and otherwise the reference (plain PyTorch, autograd-capable). Both compute
 
 over the last dimension, with the LayerNorm affine folded into ``fc1`` and the layer scale
 into ``fc2`` (exact algebra, as in :func:`sed_d2.layers.convnext_block_forward`).
+
+The class-axis transformer layer (:class:`sed_d2.layers.ClassTransformerLayer`) reuses the
+kernel for its MLP: ``activation="relu"`` and a second residual (``extra_residual``) make
+its ``out = t1 + tokens + fc2(relu(fc1(norm(t1))))`` one pass instead of a ``t1 + mlp``
+pass followed by the layer's extra ``+ x`` pass.
 """
 
 from __future__ import annotations
@@ -44,11 +49,18 @@ def layer_norm_mlp_reference(
     fc2: nn.Linear,
     layer_scale: Tensor | None,
     gelu_approximate: str = "none",
+    *,
+    activation: str = "gelu",
+    extra_residual: Tensor | None = None,
 ) -> Tensor:
     """``residual + layer_scale * fc2(gelu(fc1(norm(dw))))`` over the last dim of ``dw``,
     in plain PyTorch (the unfused path; differentiable). ``layer_scale`` ``None``: none.
+    ``activation="relu"`` replaces the GELU (``gelu_approximate`` is then unused);
+    ``extra_residual`` (``dw``'s shape) is added to the result as well.
     The folded weights are cast to ``dw``'s dtype so bf16 activations work without
     autocast (under autocast ``F.linear`` casts them anyway)."""
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
     if tuple(norm.normalized_shape) != (dw.shape[-1],):
         raise ValueError(f"norm over {tuple(norm.normalized_shape)} cannot normalise the last dim of {tuple(dw.shape)}")
     w1, b1 = fold_layer_norm_into_linear(norm, fc1.weight, fc1.bias)
@@ -57,7 +69,10 @@ def layer_norm_mlp_reference(
         w2 = w2 * layer_scale[:, None]
         b2 = None if b2 is None else b2 * layer_scale
     cast = lambda t: None if t is None else t.to(dw.dtype)
-    y = F.gelu(F.linear(normalize_last_dim(dw, norm.eps), cast(w1), cast(b1)), approximate=gelu_approximate)
+    y = F.linear(normalize_last_dim(dw, norm.eps), cast(w1), cast(b1))
+    y = F.relu(y) if activation == "relu" else F.gelu(y, approximate=gelu_approximate)
+    if extra_residual is not None:
+        residual = residual + extra_residual
     return residual + F.linear(y, cast(w2), cast(b2))
 
 
@@ -78,6 +93,7 @@ _CONFIGS = {
     (128, 4): (64, 32, 8, 2),
 }
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_ACTIVATIONS = ("gelu", "relu")
 
 
 def _operand_dtype(dw: Tensor) -> torch.dtype:
@@ -97,13 +113,17 @@ def fused_layer_norm_mlp_applies(
     fc2: nn.Linear,
     layer_scale: Tensor | None,
     gelu_approximate: str = "none",
+    *,
+    activation: str = "gelu",
+    extra_residual: Tensor | None = None,
 ) -> bool:
     """Whether :func:`fused_layer_norm_mlp` runs the Triton kernel for these arguments."""
     channels = dw.shape[-1] if dw.dim() else 0
     tensors = [dw, residual, fc1.weight, fc2.weight]
-    tensors += [t for t in (norm.weight, norm.bias, fc1.bias, fc2.bias, layer_scale) if t is not None]
+    tensors += [t for t in (norm.weight, norm.bias, fc1.bias, fc2.bias, layer_scale, extra_residual) if t is not None]
     return bool(
         triton_available(dw)
+        and activation in _ACTIVATIONS
         and gelu_approximate in ("none", "tanh")
         and channels in (16, 32, 64, 128)  # tl.dot needs >= 16; power of two for the tiles
         and tuple(norm.normalized_shape) == (channels,)
@@ -116,6 +136,7 @@ def fused_layer_norm_mlp_applies(
         and _operand_dtype(dw) in _DTYPES
         and dw.is_contiguous()
         and residual.is_contiguous()
+        and (extra_residual is None or _same_rows(extra_residual, dw))
         and all(t.device == dw.device for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
     )
@@ -129,6 +150,9 @@ def fused_layer_norm_mlp(
     fc2: nn.Linear,
     layer_scale: Tensor | None,
     gelu_approximate: str = "none",
+    *,
+    activation: str = "gelu",
+    extra_residual: Tensor | None = None,
 ) -> Tensor:
     """``residual + layer_scale * fc2(gelu(fc1(norm(dw))))`` over the last dim of ``dw``.
 
@@ -139,6 +163,10 @@ def fused_layer_norm_mlp(
         fc1: ``nn.Linear(C, 4C)``; fc2: ``nn.Linear(4C, C)`` (biases optional).
         layer_scale: ``(C,)`` or ``None``.
         gelu_approximate: ``F.gelu``'s ``approximate`` (``"none"``: exact erf GELU).
+        activation: ``"gelu"`` or ``"relu"`` (the class transformer layer's MLP; then
+            ``gelu_approximate`` is unused).
+        extra_residual: ``None`` or a second tensor like ``residual`` (same shape, dtype,
+            contiguous for the kernel), added to the output in the same pass.
 
     Returns ``dw``'s shape and dtype. The Triton kernel (one read of ``dw`` and
     ``residual``, one write) runs when :func:`fused_layer_norm_mlp_applies`: CUDA (or
@@ -153,13 +181,19 @@ def fused_layer_norm_mlp(
     (error <= 1.5e-7 * (1 + |x|)) for 16-bit ones.
     Under autocast, float32 inputs use the autocast dtype as operands (like ``F.linear``).
     """
-    if not fused_layer_norm_mlp_applies(dw, residual, norm, fc1, fc2, layer_scale, gelu_approximate):
-        return layer_norm_mlp_reference(dw, residual, norm, fc1, fc2, layer_scale, gelu_approximate)
+    options = dict(activation=activation, extra_residual=extra_residual)
+    if not fused_layer_norm_mlp_applies(dw, residual, norm, fc1, fc2, layer_scale, gelu_approximate, **options):
+        return layer_norm_mlp_reference(dw, residual, norm, fc1, fc2, layer_scale, gelu_approximate, **options)
     with torch.no_grad():
-        return _launch(dw, residual, norm, fc1, fc2, layer_scale, gelu_approximate == "tanh")
+        return _launch(dw, residual, norm, fc1, fc2, layer_scale, gelu_approximate == "tanh", **options)
 
 
-def _launch(dw, residual, norm, fc1, fc2, layer_scale, tanh: bool) -> Tensor:
+def _same_rows(t: Tensor, dw: Tensor) -> bool:
+    """``t`` can be read with ``dw``'s row offsets: same shape and dtype, contiguous."""
+    return t.shape == dw.shape and t.dtype == dw.dtype and t.is_contiguous()
+
+
+def _launch(dw, residual, norm, fc1, fc2, layer_scale, tanh: bool, activation="gelu", extra_residual=None) -> Tensor:
     channels = dw.shape[-1]
     hidden = 4 * channels
     rows = dw.numel() // channels
@@ -186,10 +220,12 @@ def _launch(dw, residual, norm, fc1, fc2, layer_scale, tanh: bool) -> Tensor:
     else:
         precision = "ieee"  # ignored for 16-bit operands
     block_m, block_h, num_warps, num_stages = _CONFIGS[(channels, operand.itemsize)]
+    extra = residual if extra_residual is None else extra_residual  # unread without HAS_EXTRA
     _ln_mlp_kernel[(triton.cdiv(rows, block_m),)](
-        dw, residual, w1t, b1, w2t, b2, out, rows, float(norm.eps),
+        dw, residual, extra, w1t, b1, w2t, b2, out, rows, float(norm.eps),
         C=channels, HIDDEN=hidden, BLOCK_M=block_m, BLOCK_H=block_h,
         PRECISION=precision, TANH=tanh, FAST_ERF=operand != torch.float32,
+        RELU=activation == "relu", HAS_EXTRA=extra_residual is not None,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
@@ -211,9 +247,10 @@ if triton is not None:
 
     @triton.jit
     def _ln_mlp_kernel(
-        x_ptr, r_ptr, w1t_ptr, b1_ptr, w2t_ptr, b2_ptr, y_ptr, M, eps,
+        x_ptr, r_ptr, e_ptr, w1t_ptr, b1_ptr, w2t_ptr, b2_ptr, y_ptr, M, eps,
         C: tl.constexpr, HIDDEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
         PRECISION: tl.constexpr, TANH: tl.constexpr, FAST_ERF: tl.constexpr,
+        RELU: tl.constexpr, HAS_EXTRA: tl.constexpr,
     ):
         rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # int64: M * C may pass 2^31
         cols = tl.arange(0, C)
@@ -230,7 +267,9 @@ if triton is not None:
         for h0 in range(0, HIDDEN, BLOCK_H):
             w1 = tl.load(w1t_ptr + cols[:, None] * HIDDEN + (h0 + hcols)[None, :])  # (C, BLOCK_H)
             h = tl.dot(xn, w1, input_precision=PRECISION) + tl.load(b1_ptr + h0 + hcols)[None, :]
-            if TANH:  # 0.5 * (1 + tanh(u)) == sigmoid(2u)
+            if RELU:
+                h = tl.maximum(h, 0.0)
+            elif TANH:  # 0.5 * (1 + tanh(u)) == sigmoid(2u)
                 h = h * tl.sigmoid(1.5957691216057308 * (h + 0.044715 * h * h * h))
             elif FAST_ERF:
                 h = _gelu_erf_fast(h)
@@ -240,4 +279,6 @@ if triton is not None:
             acc = tl.dot(h.to(w2t_ptr.dtype.element_ty), w2, acc, input_precision=PRECISION)
         acc += tl.load(b2_ptr + cols)[None, :]
         acc += tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_EXTRA:
+            acc += tl.load(e_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)

@@ -84,22 +84,37 @@ class MultiHeadLinearAttention(nn.Module):
         self.value = nn.Linear(dim, dim)
         self.attention = LinearAttention(eps)
 
+    def _projection_params(self, dim: int, norm: nn.LayerNorm | None) -> list[tuple[Tensor, Tensor | None]]:
+        """(weight, bias) of the query, key and value projections, ``norm`` folded in."""
+        layers = (self.query, self.key, self.value)
+        if norm is None:
+            return [(layer.weight, layer.bias) for layer in layers]
+        return [fold_layer_norm_into_linear(norm, layer.weight, layer.bias, dim) for layer in layers]
+
+    def qkv_projection(self, x: Tensor, norm: nn.LayerNorm | None = None) -> Tensor:
+        """``cat([q, k, v], -1)`` (``(..., 3 * dim)``) as :meth:`forward` computes it without
+        guidance: one linear with the three (``norm``-folded) projections stacked, so ``x``
+        is read once. The fused inference path of
+        :class:`sed_d2.layers.ClassTransformerLayer` consumes this tensor directly."""
+        if self.guidance_dim > 0:
+            raise ValueError("qkv_projection has no guidance input (guidance_dim > 0)")
+        params = self._projection_params(x.shape[-1], norm)
+        if norm is not None:
+            x = normalize_last_dim(x, norm.eps)
+        weight = torch.cat([w for w, _ in params])
+        bias = None if any(b is None for _, b in params) else torch.cat([b for _, b in params])
+        return F.linear(x, weight, bias)
+
     def forward(self, x: Tensor, guidance: Tensor | None = None, norm: nn.LayerNorm | None = None) -> Tensor:
         if (guidance is not None) != (self.guidance_dim > 0):
             raise ValueError("guidance must be given exactly when guidance_dim > 0")
         dim = x.shape[-1]
-        layers = (self.query, self.key, self.value)
-        if norm is None:
-            params = [(layer.weight, layer.bias) for layer in layers]
-        else:
-            x = normalize_last_dim(x, norm.eps)
-            params = [fold_layer_norm_into_linear(norm, layer.weight, layer.bias, dim) for layer in layers]
         if guidance is None:
-            # one projection for q, k and v: x is read once
-            weight = torch.cat([w for w, _ in params])
-            bias = None if any(b is None for _, b in params) else torch.cat([b for _, b in params])
-            q, k, v = F.linear(x, weight, bias).split(dim, dim=-1)
+            q, k, v = self.qkv_projection(x, norm).split(dim, dim=-1)
         else:
+            params = self._projection_params(dim, norm)
+            if norm is not None:
+                x = normalize_last_dim(x, norm.eps)
             weight = torch.cat([w for w, _ in params[:2]])
             bias = None if any(b is None for _, b in params[:2]) else torch.cat([b for _, b in params[:2]])
             q, k = F.linear(torch.cat([x, guidance], dim=-1), weight, bias).split(dim, dim=-1)

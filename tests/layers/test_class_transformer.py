@@ -1,7 +1,15 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
 import torch
 import torch.nn.functional as F
 
 from sed_d2.layers import ClassTransformerLayer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _sequence_update(layer, seq):
@@ -81,3 +89,126 @@ def test_text_guidance_variant():
     seq = seq + layer.attention(layer.attention_norm(seq).flatten(0, 2), g.flatten(0, 2)).view(2, 2, 2, 3, 8)
     seq = seq + layer.mlp(layer.mlp_norm(seq))
     torch.testing.assert_close(out, x + seq.permute(0, 3, 4, 1, 2))
+
+
+# The fused inference path (Triton kernels) against the general path, in Triton's
+# interpreter (see test_fused_linear_attention.py). The general path is what runs with
+# autograd on: parameters require grad, so `layer(x)` under enable_grad never fuses.
+_FUSED_CHECK = textwrap.dedent(
+    """
+    import numpy as np
+    import torch
+    from torch import nn
+    from triton.runtime import interpreter
+
+    # Triton's interpreter multiplies bfloat16 dot operands as their raw uint16 bits (the
+    # fused MLP's bf16 products); widen them to float32 first, exactly, as in
+    # test_fused_mlp.py
+    _dot = interpreter.InterpreterBuilder.create_dot
+    def _widen(t):
+        if t.dtype.scalar.name != "bf16":
+            return t
+        bits = t.data.astype(np.uint32) << 16
+        return interpreter.TensorHandle(bits.view(np.float32), interpreter.tl.float32)
+    interpreter.InterpreterBuilder.create_dot = lambda self, a, b, d, *args: _dot(self, _widen(a), _widen(b), d, *args)
+
+    from sed_d2.layers import ClassTransformerLayer
+    from sed_d2.layers import class_transformer as ct
+
+    calls = []
+    fused_attention = ct.fused_class_linear_attention
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return fused_attention(*args, **kwargs)
+    ct.fused_class_linear_attention = counting
+
+    def class_maps(b, t, c, h, w, dtype=torch.float32):
+        x = torch.randn(b * t, c, h, w).contiguous(memory_format=torch.channels_last)
+        return x.to(dtype).unflatten(0, (b, t))
+
+    def layer_for(c, heads, seed, act=nn.ReLU):
+        torch.manual_seed(seed)
+        layer = ClassTransformerLayer(c, heads, pooling_size=(2, 2), test_pooling_size=(1, 1))
+        layer.mlp.act = act()
+        for norm in (layer.attention_norm, layer.mlp_norm):  # non-trivial LayerNorm affines
+            with torch.no_grad():
+                norm.weight.uniform_(0.5, 1.5)
+                norm.bias.uniform_(-0.3, 0.3)
+        return layer.eval()
+
+    def same_layout(a, b):  # strides of size-1 dims are arbitrary
+        return all(sa == sb for sa, sb, n in zip(a.stride(), b.stride(), a.shape) if n > 1)
+
+    def general(layer, x):
+        with torch.enable_grad():
+            n = len(calls)
+            out = layer(x).detach()
+            assert len(calls) == n, "autograd on: the general path must run"
+            return out
+
+    def fused(layer, x):
+        with torch.no_grad():
+            n = len(calls)
+            out = layer(x)
+            assert len(calls) == n + 1, "no autograd, eval, pooling (1, 1): the fused path must run"
+            return out
+
+    # C = 32 / 64: attention and MLP kernels; C = 8 (head dim 4): attention and MLP fall
+    # back to PyTorch inside the fused path. T = 1 and T not a multiple of the tiles.
+    cases = [(32, 4, 19, 3, 5, nn.ReLU), (64, 4, 1, 2, 3, nn.ReLU), (32, 4, 6, 2, 2, nn.GELU), (8, 2, 5, 3, 2, nn.ReLU)]
+    for c, heads, t, h, w, act in cases:
+        layer = layer_for(c, heads, c + t, act)
+        x = class_maps(2 if c == 32 else 1, t, c, h, w)
+        want, got = general(layer, x), fused(layer, x)
+        assert got.shape == x.shape and same_layout(got, want) and same_layout(got, x), (got.stride(), want.stride())
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        # bf16 weights and maps
+        layer16, x16 = layer_for(c, heads, c + t, act).bfloat16(), x.bfloat16()
+        got = fused(layer16, x16)
+        assert got.dtype == torch.bfloat16 and same_layout(got, x16)
+        torch.testing.assert_close(got.float(), general(layer16, x16).float(), rtol=5e-2, atol=5e-2)
+        # bf16 autocast over float32 maps and weights (the model's inference mode)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, want = fused(layer, x), general(layer, x)
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got.float(), want.float(), rtol=5e-2, atol=5e-2)
+
+    layer, x = layer_for(32, 4, 0), class_maps(1, 3, 32, 2, 2)
+    n = len(calls)
+    with torch.no_grad():
+        layer.train()  # training mode never fuses, whatever the pooling
+        layer.pooling_size = (1, 1)
+        layer(x)
+        layer.eval()
+        layer.test_pooling_size = (2, 2)  # pooled eval: general path
+        layer(x)
+        layer.test_pooling_size = (1, 1)
+        layer(x.flatten(0, 1).contiguous().unflatten(0, (1, 3)))  # NCHW class maps: general path
+        for p in layer.parameters():
+            p.requires_grad_(False)
+    with torch.enable_grad():
+        layer(x.clone().requires_grad_())  # input requires grad
+        layer(x)  # nothing requires grad: fuses even with grad mode on
+    assert len(calls) == n + 1, len(calls) - n
+    print("ok")
+    """
+)
+
+
+def test_fused_inference_path_in_the_interpreter():
+    pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run here")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run(
+        [sys.executable, "-c", _FUSED_CHECK], check=False, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_cpu_without_interpreter_never_fuses():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter runs the kernels on CPU")
+    layer = ClassTransformerLayer(32, 4, pooling_size=(1, 1)).eval()
+    x = torch.randn(3, 32, 2, 2).contiguous(memory_format=torch.channels_last).unflatten(0, (1, 3))
+    with torch.no_grad():
+        assert not layer._fused_inference_applies(x)
+        assert layer(x).shape == x.shape

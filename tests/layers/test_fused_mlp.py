@@ -78,6 +78,29 @@ _CHECK = textwrap.dedent(
             out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, ls, "tanh")
             torch.testing.assert_close(out, definition(dw, r, norm, fc1, fc2, ls, "tanh"), rtol=1e-5, atol=1e-5)
 
+            # the class transformer layer's MLP: ReLU and a second residual in the same pass
+            e = torch.randn_like(dw)
+            relu = dict(activation="relu", extra_residual=e)
+            assert fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, None, **relu)
+            out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, None, **relu)
+            want = r + e + fc2(F.relu(fc1(norm(dw))))
+            torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(out, layer_norm_mlp_reference(dw, r, norm, fc1, fc2, None, **relu), rtol=1e-5, atol=1e-5)
+            out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, ls, activation="relu")  # ReLU alone, with layer scale
+            torch.testing.assert_close(out, r + fc2(F.relu(fc1(norm(dw)))) * ls, rtol=1e-5, atol=1e-5)
+            out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, ls, extra_residual=e)  # second residual alone, GELU
+            torch.testing.assert_close(out, definition(dw, r, norm, fc1, fc2, ls) + e, rtol=1e-5, atol=1e-5)
+            outb = fused_layer_norm_mlp(dw.bfloat16(), r.bfloat16(), norm, fc1, fc2, None, activation="relu", extra_residual=e.bfloat16())
+            assert outb.dtype == torch.bfloat16
+            wantb = r.bfloat16().float() + e.bfloat16().float() + fc2(F.relu(fc1(norm(dw.bfloat16().float()))))
+            torch.testing.assert_close(outb.float(), wantb, rtol=2e-2, atol=3e-2)
+            # a second residual the kernel cannot read with dw's offsets -> the reference
+            for bad in (e.double(), e.transpose(0, 1).contiguous().transpose(0, 1)):
+                assert not fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, None, activation="relu", extra_residual=bad)
+                out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, None, activation="relu", extra_residual=bad)
+                torch.testing.assert_close(out, want.to(out.dtype), rtol=1e-5, atol=1e-5)
+            assert not fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, None, activation="silu")
+
             # the branch-free erf of the 16-bit path, checked at float32 precision
             fm._ln_mlp_kernel = ForceFastErf(kernel)
             out = fused_layer_norm_mlp(dw * 3, r, norm, fc1, fc2, ls)
@@ -161,6 +184,24 @@ def test_reference_is_the_module_computation(approximate):
     torch.testing.assert_close(got, want)
     grad = torch.randn_like(want)
     torch.testing.assert_close(torch.autograd.grad(got, dw, grad)[0], torch.autograd.grad(want, dw, grad)[0])
+
+
+@pytest.mark.parametrize("second_residual", [False, True])
+def test_reference_relu_and_second_residual(second_residual):
+    # the class transformer layer's MLP: r + e + fc2(relu(fc1(norm(dw)))), float64
+    norm, fc1, fc2, _ = _modules(24)
+    dw = (torch.randn(3, 5, 24, dtype=torch.float64) * 2).requires_grad_()
+    r = torch.randn(3, 5, 24, dtype=torch.float64)
+    e = torch.randn(3, 5, 24, dtype=torch.float64) if second_residual else None
+    want = r + fc2(F.relu(fc1(norm(dw))))
+    if second_residual:
+        want = want + e
+    got = layer_norm_mlp_reference(dw, r, norm, fc1, fc2, None, activation="relu", extra_residual=e)
+    torch.testing.assert_close(got, want)
+    grad = torch.randn_like(want)
+    torch.testing.assert_close(torch.autograd.grad(got, dw, grad)[0], torch.autograd.grad(want, dw, grad)[0])
+    with pytest.raises(ValueError):
+        layer_norm_mlp_reference(dw, r, norm, fc1, fc2, None, activation="silu")
 
 
 def test_cpu_without_interpreter_falls_back():
