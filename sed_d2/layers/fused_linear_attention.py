@@ -73,11 +73,14 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # 32 / 89 / 268 and 102 / 397 / 1696 for a first version that reduced broadcast products
 # with tl.sum (warp shuffles). Larger tiles cut pass 2 by ~10% (D = 32: (4, 16, 4), 274)
 # at 168 registers, i.e. 12 resident warps per SM: a candidate for the sweep.
+# Every tl.dot contraction must be >= 16 long (Triton on Hopper rejects K < 16; the
+# interpreter does not check): BLOCK_T >= 16 in pass 1, and pass 2 pads the head dim D
+# (its contraction) to 16 with zeros.
 _SUM_CONFIGS = {
     8: (16, 16, 4),
     16: (8, 16, 4),
-    32: (4, 8, 4),
-    64: (1, 8, 4),
+    32: (4, 16, 4),
+    64: (1, 16, 4),
 }
 _APPLY_CONFIGS = {
     8: (8, 16, 4),
@@ -208,7 +211,7 @@ def _launch(
     chunks = triton.cdiv(num_classes, classes_per_chunk)
     _class_attention_apply_kernel[(row_blocks, batch, chunks)](
         qkv, kv, residual, out, num_classes, positions, classes_per_chunk, eps,
-        HEADS=num_heads, D=head_dim, BLOCK_R=block_r, BLOCK_T=block_t, num_warps=num_warps,
+        HEADS=num_heads, D=head_dim, DP=max(16, head_dim), BLOCK_R=block_r, BLOCK_T=block_t, num_warps=num_warps,
     )
     return out
 
@@ -266,12 +269,14 @@ if triton is not None:
     @triton.jit
     def _class_attention_apply_kernel(
         qkv_ptr, kv_ptr, res_ptr, out_ptr, T, P, CLASSES_PER_CHUNK, eps,
-        HEADS: tl.constexpr, D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
+        HEADS: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
     ):
         # Rows r = p * HEADS + h of batch b for the classes [chunk * CLASSES_PER_CHUNK, ...)
         # in tiles of BLOCK_T classes. S^T and z of the rows are loaded once and stay in
         # registers for the whole chunk; per tile, numerator phi(q) S^T and denominator
-        # phi(q) z are float32 FMA dots (contraction over a inside each thread).
+        # phi(q) z are float32 FMA dots (contraction over a inside each thread). The
+        # contraction runs over DP = max(D, 16) (tl.dot's minimum): the padded a-entries
+        # of phi(q), S and z are zeros.
         C: tl.constexpr = HEADS * D
         b = tl.program_id(1)
         chunk = tl.program_id(2)
@@ -279,23 +284,29 @@ if triton is not None:
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         classes = tl.arange(0, BLOCK_T)
         dims = tl.arange(0, D)
+        pdims = tl.arange(0, DP)  # the contraction index a, padded
+        a_ok = pdims < D
         row_ok = (rows < R)[:, None, None]
         kv = kv_ptr + (b * R + rows).to(tl.int64)[:, None, None] * ((D + 1) * D)
         # masked rows: S = z = 0, so their (unstored) output is 0 * (1 / eps), finite
-        s_t = tl.load(kv + dims[None, :, None] + (dims * D)[None, None, :], mask=row_ok, other=0.0)  # [r, a, e]
-        z = tl.load(kv + D * D + dims[None, :, None], mask=row_ok, other=0.0)  # [r, a, 0]
+        s_t = tl.load(  # [r, a, e]
+            kv + pdims[None, :, None] + (dims * D)[None, None, :], mask=row_ok & a_ok[None, :, None], other=0.0
+        )
+        z = tl.load(kv + D * D + pdims[None, :, None], mask=row_ok & a_ok[None, :, None], other=0.0)  # [r, a, 0]
         q_slab = P * (3 * C)  # BLOCK_T * q_slab < 2^31 (checked on the host)
         r_slab = P * C
-        head_offs = ((rows % HEADS) * D)[:, None, None] + dims[None, None, :]
+        head_offs = ((rows % HEADS) * D)[:, None, None]
         q_offs = ((rows // HEADS) * (3 * C))[:, None, None] + (classes * q_slab)[None, :, None] + head_offs
-        r_offs = ((rows // HEADS) * C)[:, None, None] + (classes * r_slab)[None, :, None] + head_offs
+        r_offs = ((rows // HEADS) * C)[:, None, None] + (classes * r_slab)[None, :, None] + head_offs + dims[None, None, :]
+        q_offs = q_offs + pdims[None, None, :]
         t_start = chunk * CLASSES_PER_CHUNK
         t_end = tl.minimum(T, t_start + CLASSES_PER_CHUNK)
         q_base = (b * T + t_start).to(tl.int64) * q_slab
         r_base = (b * T + t_start).to(tl.int64) * r_slab
         for t0 in range(t_start, t_end, BLOCK_T):
             mask = row_ok & (t0 + classes < t_end)[None, :, None]
-            q = _phi(tl.load(qkv_ptr + q_base + q_offs, mask=mask, other=0.0).to(tl.float32))
+            # padded a-entries load as -inf: phi(-inf) = 0
+            q = _phi(tl.load(qkv_ptr + q_base + q_offs, mask=mask & a_ok[None, None, :], other=float("-inf")).to(tl.float32))
             num = tl.dot(q, s_t, input_precision="ieee")  # [r, t, e]
             # one reciprocal per (row, class), not D divisions (within ~1 ulp of num / den)
             scale = 1.0 / (tl.dot(q, z, input_precision="ieee") + eps)  # [r, t, 0]
