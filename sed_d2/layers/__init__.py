@@ -4,6 +4,7 @@ Class-batched maps are ``(B, T, C, H, W)`` (see :mod:`.cost_volume`).
 """
 
 from .class_transformer import ClassTransformerLayer, Mlp
+from .conv3x3 import conv3x3_no_bias
 from .convnext_block import ConvNeXtBlock, convnext_block_forward
 from .cost_volume import CostEmbedding, CostVolume, cosine_cost_volume
 from .fused_mlp import fused_layer_norm_mlp, fused_layer_norm_mlp_applies, layer_norm_mlp_reference
@@ -40,6 +41,7 @@ __all__ = [
     "SkipFusion",
     "bilinear_resize",
     "bilinear_resize_matrix",
+    "conv3x3_no_bias",
     "conv_transpose_2x2",
     "convnext_block_forward",
     "cosine_cost_volume",
