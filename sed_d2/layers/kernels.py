@@ -499,15 +499,24 @@ def conv_transpose_2x2_into(
     pixels = batch * height * width
     block_m = 64 if block_k * block_o >= 128 * 128 else 128
     stride_n, stride_c, stride_h, stride_w = out.stride()
+    # Alignment (in elements) of every output row start: lets Triton vectorise the stores
+    # where the strides alone do not show it (e.g. 8 channels: stride 8, not 16)
+    align = 1
+    while align < 16 and all(v % (2 * align) == 0 for v in (stride_n, stride_h, stride_w, out.storage_offset())):
+        align *= 2
+    # C and O are compile-time constants: with runtime channel counts Triton cannot prove
+    # the masks constant over a vector, and every load and store becomes scalar
     _conv_transpose_2x2_kernel[(triton.cdiv(pixels, block_m),)](
-        xs, phases, shift, out, pixels, height, width, channels, out_channels,
-        stride_n, stride_h, stride_w,
-        RELU=relu, PRECISION=precision, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_O=block_o, num_warps=4,
+        xs, phases, shift, out, pixels, height, width, stride_n, stride_h, stride_w,
+        C=channels, O=out_channels, ALIGN=align, RELU=relu, PRECISION=precision,
+        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_O=block_o, num_warps=4,
     )
     return out
 
 
 if triton is not None:
+    # Channel counts are tl.constexpr in these kernels: with runtime counts Triton cannot
+    # prove a channel mask constant over a vector, and loads and stores become scalar.
 
     @triton.jit
     def _dw_forward_kernel(
@@ -609,7 +618,7 @@ if triton is not None:
 
     @triton.jit
     def _single_output_conv_kernel(
-        x_ptr, w_ptr, b_ptr, y_ptr, H, W, C, TILES_H, TILES_W,
+        x_ptr, w_ptr, b_ptr, y_ptr, H, W, C: tl.constexpr, TILES_H, TILES_W,
         K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
         # Output rows h0..h0+3 (_ROWS) x BLOCK_W columns of one image. As in
@@ -667,7 +676,7 @@ if triton is not None:
 
     @triton.jit
     def _gn_stats_kernel(
-        x_ptr, a_ptr, mean_ptr, m2_ptr, P, C, CHUNKS, PER_ADDEND,
+        x_ptr, a_ptr, mean_ptr, m2_ptr, P, C: tl.constexpr, CHUNKS, PER_ADDEND,
         TILES: tl.constexpr, HAS_ADDEND: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
         # Per-channel (mean, M2) of TILES x BLOCK_P pixels of sample n. Every (pixel lane,
@@ -707,7 +716,8 @@ if triton is not None:
 
     @triton.jit
     def _gn_apply_kernel(
-        x_ptr, a_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, y_ptr, P, C, CG, G, TILES, PER_ADDEND, eps,
+        x_ptr, a_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, y_ptr, P, C: tl.constexpr, CG: tl.constexpr, G: tl.constexpr,
+        TILES, PER_ADDEND, eps,
         HAS_ADDEND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
@@ -739,9 +749,9 @@ if triton is not None:
 
     @triton.jit
     def _conv_transpose_2x2_kernel(
-        x_ptr, w_ptr, b_ptr, y_ptr, M, H, W, C, O, stride_n, stride_h, stride_w,
-        RELU: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-        BLOCK_O: tl.constexpr,
+        x_ptr, w_ptr, b_ptr, y_ptr, M, H, W, stride_n, stride_h, stride_w,
+        C: tl.constexpr, O: tl.constexpr, ALIGN: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
     ):
         pixels = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # input pixels (n, i, j)
         valid = pixels < M
@@ -760,5 +770,5 @@ if triton is not None:
             y = tl.dot(xt, w, input_precision=PRECISION) + shift
             if RELU:
                 y = tl.maximum(y, 0.0)
-            at = base + (phase // 2) * stride_h + (phase % 2) * stride_w
+            at = tl.multiple_of(base + (phase // 2) * stride_h + (phase % 2) * stride_w, ALIGN)
             tl.store(y_ptr + at[:, None] + os[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
