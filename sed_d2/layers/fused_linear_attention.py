@@ -61,34 +61,28 @@ __all__ = [
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # (BLOCK_R rows, BLOCK_T classes, num_warps) per head dim D, for pass 1 (_SUM_CONFIGS) and
-# pass 2 (_APPLY_CONFIGS). PLACEHOLDERS FROM A STATIC ANALYSIS, NOT A HARDWARE SWEEP: tune
-# on the GPU. Chosen by compiling both kernels for sm_90 (bf16, ptxas, no device) over
-# BLOCK_R x BLOCK_T x warps and keeping, among configs with >= 16 resident warps per SM
-# (register-limited; all use 80-96 registers) and no spills, the fewest loop
-# instructions per (position, class) with 4 heads. The float32 products are the floor:
-# C * D FMAs, i.e. C * D / 32 warp instructions, per (position, class) and pass; at
-# D = 32 that alone takes about as long as moving the data, so D = 32 is FMA-bound and
-# D = 8 memory-bound. Warp instructions per (position, class) at these configs: pass 1
-# 29 / 72 / 212, pass 2 43 / 105 / 310 for D = 8 / 16 / 32 (floor 8 / 32 / 128), against
-# 32 / 89 / 268 and 102 / 397 / 1696 for a first version that reduced broadcast products
-# with tl.sum (warp shuffles). Larger tiles cut pass 2 by ~10% (D = 32: (4, 16, 4), 274)
-# at 168 registers, i.e. 12 resident warps per SM: a candidate for the sweep.
+# pass 2 (_APPLY_CONFIGS). D = 8, 16, 32: the best of a sweep on an H200 (bf16, 150 and 847
+# classes at SED's stage shapes; BLOCK_R x BLOCK_T in {1..32} x {16, 32}, 4 / 8 warps).
+# Both passes at 847 classes with the former configs -> with the sweep's best for one pass
+# (the other at its former config): D = 8 (96x96) 4.07 -> 3.42 (pass 1) / 3.24 ms (pass 2),
+# D = 16 (48x48) 1.85 -> 1.85 / 1.01 ms, D = 32 (24x24) 1.67 -> 1.66 / 1.14 ms; the plain
+# PyTorch path takes 8.78 / 3.31 / 1.50 ms. D = 64 is not swept (static register analysis).
 # Every tl.dot contraction must be >= 16 long (Triton on Hopper rejects K < 16; the
 # interpreter does not check): BLOCK_T >= 16 in pass 1, and pass 2 pads the head dim D
 # (its contraction) to 16 with zeros.
 _SUM_CONFIGS = {
-    8: (16, 16, 4),
+    8: (32, 16, 4),
     16: (8, 16, 4),
-    32: (4, 16, 4),
+    32: (2, 16, 4),
     64: (1, 16, 4),
 }
 _APPLY_CONFIGS = {
-    8: (8, 16, 4),
-    16: (4, 16, 4),
-    32: (4, 8, 4),
+    8: (8, 32, 4),
+    16: (4, 32, 4),
+    32: (1, 32, 4),
     64: (2, 8, 4),
 }
-_MAX_BLOCK_T = 16
+_MAX_BLOCK_T = 32
 # Programs to aim for per launch: about 15 per SM of an H200 (132 SMs), some three waves
 # of the 5-6 programs per SM that the configs' registers let reside, so that no SM idles
 # early and enough loads are in flight. Splitting T (pass 1) and chunking T (pass 2) fill
