@@ -146,3 +146,16 @@ def test_cpu_without_interpreter_falls_back():
         torch.testing.assert_close(fused_class_linear_attention(qkv, res, 4), class_linear_attention_reference(qkv, res, 4))
         out = fused_class_linear_attention(qkv.bfloat16(), res.bfloat16(), 4)
         assert out.dtype == torch.bfloat16
+
+
+def test_every_dot_contraction_is_at_least_16():
+    """Triton on Hopper rejects tl.dot contractions shorter than 16 (the CPU interpreter
+    accepts them): pass 1 contracts over BLOCK_T classes, pass 2 over the head dim padded
+    to max(D, 16)."""
+    from sed_d2.layers import fused_linear_attention as fla
+
+    assert set(fla._SUM_CONFIGS) == set(fla._APPLY_CONFIGS)
+    for head_dim, (_, block_t, _) in fla._SUM_CONFIGS.items():
+        assert block_t >= 16, (head_dim, block_t)
+    for _, block_t, _ in fla._APPLY_CONFIGS.values():
+        assert block_t <= fla._MAX_BLOCK_T  # the host's int32 offset check uses the largest tile
