@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kernels import triton, triton_available
+from ..utils.parameter_cache import derived_from_parameters
 from .norms import fold_layer_norm_into_linear, normalize_last_dim
 
 if triton is not None:
@@ -63,17 +64,25 @@ def layer_norm_mlp_reference(
         raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
     if tuple(norm.normalized_shape) != (dw.shape[-1],):
         raise ValueError(f"norm over {tuple(norm.normalized_shape)} cannot normalise the last dim of {tuple(dw.shape)}")
-    w1, b1 = fold_layer_norm_into_linear(norm, fc1.weight, fc1.bias)
-    w2, b2 = fc2.weight, fc2.bias
-    if layer_scale is not None:
-        w2 = w2 * layer_scale[:, None]
-        b2 = None if b2 is None else b2 * layer_scale
-    cast = lambda t: None if t is None else t.to(dw.dtype)
-    y = F.linear(normalize_last_dim(dw, norm.eps), cast(w1), cast(b1))
+    def folded():
+        w1, b1 = fold_layer_norm_into_linear(norm, fc1.weight, fc1.bias)
+        w2, b2 = fc2.weight, fc2.bias
+        if layer_scale is not None:
+            w2 = w2 * layer_scale[:, None]
+            b2 = None if b2 is None else b2 * layer_scale
+        cast = lambda t: None if t is None else t.to(dw.dtype)
+        return cast(w1), cast(b1), cast(w2), cast(b2)
+
+    sources = _sources(norm, fc1, fc2, layer_scale)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources):
+        w1, b1, w2, b2 = folded()  # differentiable
+    else:  # inference: fold and cast once per parameter version
+        w1, b1, w2, b2 = derived_from_parameters(fc1, "layer_norm_mlp_reference", sources, folded, extra=(dw.dtype,))
+    y = F.linear(normalize_last_dim(dw, norm.eps), w1, b1)
     y = F.relu(y) if activation == "relu" else F.gelu(y, approximate=gelu_approximate)
     if extra_residual is not None:
         residual = residual + extra_residual
-    return residual + F.linear(y, cast(w2), cast(b2))
+    return residual + F.linear(y, w2, b2)
 
 
 # (BLOCK_M, BLOCK_H, num_warps, num_stages) per (C, operand bytes), from a sweep on an
@@ -193,15 +202,16 @@ def _same_rows(t: Tensor, dw: Tensor) -> bool:
     return t.shape == dw.shape and t.dtype == dw.dtype and t.is_contiguous()
 
 
-def _launch(dw, residual, norm, fc1, fc2, layer_scale, tanh: bool, activation="gelu", extra_residual=None) -> Tensor:
-    channels = dw.shape[-1]
-    hidden = 4 * channels
-    rows = dw.numel() // channels
-    out = torch.empty_like(dw)
-    if rows == 0:
-        return out
-    operand = _operand_dtype(dw)
-    # fold in float32, then cast the matrices to the operand dtype; biases stay float32
+def _sources(norm, fc1, fc2, layer_scale) -> tuple:
+    return (norm.weight, norm.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias, layer_scale)
+
+
+def _kernel_weights(norm, fc1, fc2, layer_scale, operand: torch.dtype) -> tuple[Tensor, ...]:
+    """``(w1t, b1, w2t, b2)`` as the kernel reads them: the LayerNorm affine folded into
+    fc1 and the layer scale into fc2 (in float32), the matrices transposed and cast to the
+    operand dtype, the biases float32 (zeros where absent)."""
+    channels = fc2.weight.shape[0]
+    hidden = fc1.weight.shape[0]
     f32 = lambda t: None if t is None else t.float()
     affine = SimpleNamespace(weight=f32(norm.weight), bias=f32(norm.bias))  # bf16 parameters fold in float32 too
     w1, b1 = fold_layer_norm_into_linear(affine, fc1.weight.float(), f32(fc1.bias))
@@ -210,11 +220,26 @@ def _launch(dw, residual, norm, fc1, fc2, layer_scale, tanh: bool, activation="g
         scale = layer_scale.float()
         w2 = w2 * scale[:, None]
         b2 = None if b2 is None else b2 * scale
-    zeros = torch.zeros(hidden, dtype=torch.float32, device=dw.device)
+    zeros = torch.zeros(hidden, dtype=torch.float32, device=fc1.weight.device)
     b1 = zeros if b1 is None else b1.contiguous()
     b2 = zeros[:channels] if b2 is None else b2.contiguous()
     w1t = w1.t().contiguous().to(operand)  # (C, 4C): fc1 chunk is a (C, BLOCK_H) tile
     w2t = w2.t().contiguous().to(operand)  # (4C, C): fc2 chunk is a (BLOCK_H, C) tile
+    return w1t, b1, w2t, b2
+
+
+def _launch(dw, residual, norm, fc1, fc2, layer_scale, tanh: bool, activation="gelu", extra_residual=None) -> Tensor:
+    channels = dw.shape[-1]
+    hidden = 4 * channels
+    rows = dw.numel() // channels
+    out = torch.empty_like(dw)
+    if rows == 0:
+        return out
+    operand = _operand_dtype(dw)
+    w1t, b1, w2t, b2 = derived_from_parameters(
+        fc1, "fused_layer_norm_mlp", _sources(norm, fc1, fc2, layer_scale),
+        lambda: _kernel_weights(norm, fc1, fc2, layer_scale, operand), extra=(operand,),
+    )
     if operand == torch.float32:
         precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
     else:

@@ -26,13 +26,16 @@ class _Captured(NamedTuple):
 
 def graph_key(inputs: Sequence[Tensor], parameters: Sequence[Tensor]) -> tuple:
     """What a captured graph depends on besides the function: the inputs' shapes, dtypes
-    and devices, the parameters' storage (a graph reads the memory it was captured on,
-    so moved or replaced parameters need a new capture; in-place updates are seen), the
+    and devices, the parameters' storage and versions (a graph reads the memory it was
+    captured on, so moved or replaced parameters need a new capture; so do in-place updates,
+    because weights derived from the parameters are cached outside the graph), the
     autocast state and the TF32 flags (cuBLAS / cuDNN pick kernels at capture time)."""
     device_type = inputs[0].device.type
     return (
         tuple((tuple(x.shape), x.dtype, x.device) for x in inputs),
-        tuple(p.data_ptr() for p in parameters),
+        # versions too: inference kernels read weights prepared once per parameter version
+        # (sed_d2.utils.parameter_cache), which a replay would not refresh
+        tuple((p.data_ptr(), p._version) for p in parameters),
         torch.is_autocast_enabled(device_type),
         torch.get_autocast_dtype(device_type),
         torch.backends.cuda.matmul.allow_tf32,
