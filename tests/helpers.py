@@ -2,6 +2,7 @@
 
 import copy
 import functools
+import textwrap
 
 import torch
 
@@ -26,3 +27,23 @@ def _tiny_clip_prototype(name: str, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_clip_model(name)
+
+
+# Prepended to interpreter subprocess code that multiplies bf16 operands with tl.dot.
+INTERPRETER_BF16_DOT = textwrap.dedent(
+    """
+    import numpy as np
+    from triton.runtime import interpreter
+
+    # Triton's interpreter multiplies bfloat16 dot operands as their raw uint16 bits
+    # (numpy has no bfloat16). Widen them to float32 first: exact, so the kernel's bf16
+    # rounding of the operands is still what is tested.
+    _create_dot = interpreter.InterpreterBuilder.create_dot
+    def _widen(t):
+        if t.dtype.scalar.name != "bf16":
+            return t
+        bits = t.data.astype(np.uint32) << 16
+        return interpreter.TensorHandle(bits.view(np.float32), interpreter.tl.float32)
+    interpreter.InterpreterBuilder.create_dot = lambda self, a, b, d, *args: _create_dot(self, _widen(a), _widen(b), d, *args)
+    """
+)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from sed_d2.layers import ClassTransformerLayer
+from tests.helpers import INTERPRETER_BF16_DOT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -94,23 +95,13 @@ def test_text_guidance_variant():
 # The fused inference path (Triton kernels) against the general path, in Triton's
 # interpreter (see test_fused_linear_attention.py). The general path is what runs with
 # autograd on: parameters require grad, so `layer(x)` under enable_grad never fuses.
-_FUSED_CHECK = textwrap.dedent(
+_FUSED_CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
     """
     import numpy as np
     import torch
     from torch import nn
     from triton.runtime import interpreter
 
-    # Triton's interpreter multiplies bfloat16 dot operands as their raw uint16 bits (the
-    # fused MLP's bf16 products); widen them to float32 first, exactly, as in
-    # test_fused_mlp.py
-    _dot = interpreter.InterpreterBuilder.create_dot
-    def _widen(t):
-        if t.dtype.scalar.name != "bf16":
-            return t
-        bits = t.data.astype(np.uint32) << 16
-        return interpreter.TensorHandle(bits.view(np.float32), interpreter.tl.float32)
-    interpreter.InterpreterBuilder.create_dot = lambda self, a, b, d, *args: _dot(self, _widen(a), _widen(b), d, *args)
 
     from sed_d2.layers import ClassTransformerLayer
     from sed_d2.layers import class_transformer as ct

@@ -16,26 +16,17 @@ import torch.nn.functional as F
 
 from sed_d2.layers import conv3x3 as module
 from sed_d2.layers.conv3x3 import conv3x3_kernel_applies, conv3x3_no_bias
+from tests.helpers import INTERPRETER_BF16_DOT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CL = torch.channels_last
 
-_CHECK = textwrap.dedent(
+_CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
     """
     import numpy as np
     import torch, torch.nn.functional as F
     from triton.runtime import interpreter
 
-    # Triton's interpreter multiplies bfloat16 dot operands as their raw uint16 bits
-    # (numpy has no bfloat16). Widen them to float32 first: exact, so the kernel's bf16
-    # rounding of the operands is still what is tested.
-    _dot = interpreter.InterpreterBuilder.create_dot
-    def _widen(t):
-        if t.dtype.scalar.name != "bf16":
-            return t
-        bits = t.data.astype(np.uint32) << 16
-        return interpreter.TensorHandle(bits.view(np.float32), interpreter.tl.float32)
-    interpreter.InterpreterBuilder.create_dot = lambda self, a, b, d, *args: _dot(self, _widen(a), _widen(b), d, *args)
 
     # It also truncates float32 -> bfloat16 casts, where the GPU rounds to nearest even
     # (cvt.rn.bf16.f32): round like the GPU (through torch), so the bf16 results are exact.

@@ -20,26 +20,17 @@ from sed_d2.layers.fused_mlp import (
     fused_layer_norm_mlp_applies,
     layer_norm_mlp_reference,
 )
+from tests.helpers import INTERPRETER_BF16_DOT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_CHECK = textwrap.dedent(
+_CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
     """
     import numpy as np
     import torch, torch.nn.functional as F
     from torch import nn
     from triton.runtime import interpreter
 
-    # Triton's interpreter multiplies bfloat16 dot operands as their raw uint16 bits
-    # (numpy has no bfloat16). Widen them to float32 first: exact, so the kernel's bf16
-    # rounding of the operands is still what is tested.
-    _dot = interpreter.InterpreterBuilder.create_dot
-    def _widen(t):
-        if t.dtype.scalar.name != "bf16":
-            return t
-        bits = t.data.astype(np.uint32) << 16
-        return interpreter.TensorHandle(bits.view(np.float32), interpreter.tl.float32)
-    interpreter.InterpreterBuilder.create_dot = lambda self, a, b, d, *args: _dot(self, _widen(a), _widen(b), d, *args)
 
     from sed_d2.layers import ConvNeXtBlock, depthwise_conv2d
     from sed_d2.layers import fused_mlp as fm

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from sed_d2.layers import depthwise_conv2d, normalize_last_dim
+from tests.helpers import INTERPRETER_BF16_DOT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -201,19 +202,12 @@ def test_single_output_conv_cpu_fallback_is_f_conv2d():
 
 
 # ----------------------------------------------------------------------------- 2x2 transposed conv
-_CONV_TRANSPOSE_CHECK = textwrap.dedent(
+_CONV_TRANSPOSE_CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
     """
     import numpy as np
     import torch, torch.nn.functional as F
     from triton.runtime import interpreter
 
-    # The interpreter multiplies bf16 dot operands as raw uint16 bits: widen them (exact).
-    _dot = interpreter.InterpreterBuilder.create_dot
-    def _widen(t):
-        if t.dtype.scalar.name != "bf16":
-            return t
-        return interpreter.TensorHandle((t.data.astype(np.uint32) << 16).view(np.float32), interpreter.tl.float32)
-    interpreter.InterpreterBuilder.create_dot = lambda self, a, b, d, *args: _dot(self, _widen(a), _widen(b), d, *args)
 
     from sed_d2.layers import conv_transpose_2x2
     from sed_d2.layers.kernels import conv_transpose_2x2_applies
