@@ -2,6 +2,9 @@
 
 import copy
 import functools
+import os
+import subprocess
+import sys
 import textwrap
 
 import torch
@@ -47,3 +50,15 @@ INTERPRETER_BF16_DOT = textwrap.dedent(
     interpreter.InterpreterBuilder.create_dot = lambda self, a, b, d, *args: _create_dot(self, _widen(a), _widen(b), d, *args)
     """
 )
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_in_triton_interpreter(code: str) -> None:
+    """Run ``code`` in a fresh Python with ``TRITON_INTERPRET=1`` (set before Triton is
+    imported, so the kernels run in Triton's CPU interpreter) and the repository importable;
+    the code must print "ok" last. Fails with the subprocess's stderr."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

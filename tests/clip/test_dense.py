@@ -1,6 +1,3 @@
-import os
-import subprocess
-import sys
 import textwrap
 
 import open_clip
@@ -17,9 +14,8 @@ from sed_d2.clip import (
     dense_feature_strides,
 )
 from sed_d2.clip import dense as dense_module
-from tests.helpers import tiny_clip
+from tests.helpers import run_in_triton_interpreter, tiny_clip
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TINY_CHANNELS = {
     "sed_d2_tiny_convnext": {"res2": 24, "res3": 32, "res4": 48, "res5": 64, "clip_vis_dense": 64},
@@ -246,8 +242,4 @@ def test_fast_path_with_the_triton_kernels_in_the_interpreter():
     # interpreter (set before Triton is imported), as in tests/layers/test_kernels.py.
     # Forward only: the kernels' backward is tested there, and here it would take ~5 s.
     pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run here")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run(
-        [sys.executable, "-c", _INTERPRETER_CHECK], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    run_in_triton_interpreter(_INTERPRETER_CHECK)

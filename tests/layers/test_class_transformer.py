@@ -1,6 +1,4 @@
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -8,9 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from sed_d2.layers import ClassTransformerLayer
-from tests.helpers import INTERPRETER_BF16_DOT
+from tests.helpers import INTERPRETER_BF16_DOT, run_in_triton_interpreter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _sequence_update(layer, seq):
@@ -188,11 +185,7 @@ _FUSED_CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
 
 def test_fused_inference_path_in_the_interpreter():
     pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run here")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run(
-        [sys.executable, "-c", _FUSED_CHECK], check=False, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    run_in_triton_interpreter(_FUSED_CHECK)
 
 
 def test_cpu_without_interpreter_never_fuses():

@@ -6,8 +6,6 @@ subprocess with TRITON_INTERPRET=1, set before Triton is imported.
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -16,9 +14,8 @@ import torch.nn.functional as F
 
 from sed_d2.layers import conv3x3 as module
 from sed_d2.layers.conv3x3 import conv3x3_kernel_applies, conv3x3_no_bias
-from tests.helpers import INTERPRETER_BF16_DOT
+from tests.helpers import INTERPRETER_BF16_DOT, run_in_triton_interpreter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CL = torch.channels_last
 
 _CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
@@ -119,9 +116,7 @@ _CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
 
 def test_kernel_in_the_interpreter():
     pytest.importorskip("triton", reason="Triton is not installed: the kernel cannot run here")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, "-c", _CHECK], check=False, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    run_in_triton_interpreter(_CHECK)
 
 
 def _inputs(cin=24, cout=16, dtype=torch.float32):

@@ -8,8 +8,6 @@ PyTorch reference, checked here against the module computation.
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -21,8 +19,8 @@ from sed_d2.layers.fused_linear_attention import (
     fused_class_linear_attention,
     fused_class_linear_attention_applies,
 )
+from tests.helpers import run_in_triton_interpreter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CHECK = textwrap.dedent(
     """
@@ -110,9 +108,7 @@ _CHECK = textwrap.dedent(
 
 def test_fused_kernels_in_the_interpreter():
     pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run here")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, "-c", _CHECK], check=False, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    run_in_triton_interpreter(_CHECK)
 
 
 def test_reference_is_the_module_attention_plus_residual():

@@ -6,8 +6,6 @@ path is the PyTorch reference, checked here in float64 against the plain module 
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -20,9 +18,8 @@ from sed_d2.layers.fused_mlp import (
     fused_layer_norm_mlp_applies,
     layer_norm_mlp_reference,
 )
-from tests.helpers import INTERPRETER_BF16_DOT
+from tests.helpers import INTERPRETER_BF16_DOT, run_in_triton_interpreter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
     """
@@ -150,9 +147,7 @@ _CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
 
 def test_fused_kernel_in_the_interpreter():
     pytest.importorskip("triton", reason="Triton is not installed: the kernel cannot run here")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, "-c", _CHECK], check=False, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    run_in_triton_interpreter(_CHECK)
 
 
 def _modules(c, dtype=torch.float64):

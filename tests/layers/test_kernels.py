@@ -5,9 +5,6 @@ TRITON_INTERPRET=1, set before Triton is imported); on CUDA they would run compi
 Without the environment variable the CPU path is the F.conv2d / LayerNorm fallback.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -15,9 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from sed_d2.layers import depthwise_conv2d, normalize_last_dim
-from tests.helpers import INTERPRETER_BF16_DOT
+from tests.helpers import INTERPRETER_BF16_DOT, run_in_triton_interpreter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CHECK = textwrap.dedent(
     """
@@ -59,9 +55,7 @@ _CHECK = textwrap.dedent(
 
 def test_triton_kernels_in_the_interpreter():
     pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run here")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, "-c", _CHECK], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    run_in_triton_interpreter(_CHECK)
 
 
 def test_cpu_fallbacks_are_the_pytorch_ops():
@@ -180,12 +174,7 @@ _CHECK_HEAD_AND_GROUP_NORM = textwrap.dedent(
 
 def test_head_conv_and_group_norm_kernels_in_the_interpreter():
     pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run here")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run(
-        [sys.executable, "-c", _CHECK_HEAD_AND_GROUP_NORM], check=False, env=env, capture_output=True, text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    run_in_triton_interpreter(_CHECK_HEAD_AND_GROUP_NORM)
 
 
 def test_single_output_conv_cpu_fallback_is_f_conv2d():
@@ -245,8 +234,4 @@ _CONV_TRANSPOSE_CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
 
 def test_conv_transpose_2x2_kernel_in_the_interpreter():
     pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run here")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run(
-        [sys.executable, "-c", _CONV_TRANSPOSE_CHECK], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    run_in_triton_interpreter(_CONV_TRANSPOSE_CHECK)

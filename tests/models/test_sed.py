@@ -1,6 +1,3 @@
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -431,8 +428,8 @@ def test_chunked_losses_equal_plain_losses():
 # Triton kernel single_output_conv2d; on CPU that kernel runs in Triton's interpreter (a
 # subprocess with TRITON_INTERPRET=1, as in tests/layers/test_kernels.py). Everything else
 # calls the module.
+from tests.helpers import run_in_triton_interpreter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CHECK = textwrap.dedent(
     """
@@ -492,11 +489,7 @@ _CHECK = textwrap.dedent(
 
 def test_class_logits_kernel_in_the_interpreter():
     pytest.importorskip("triton", reason="Triton is not installed: the kernel cannot run here")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run(
-        [sys.executable, "-c", _CHECK], check=False, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    run_in_triton_interpreter(_CHECK)
 
 
 def test_class_logits_on_cpu_is_the_module():
