@@ -44,14 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kernels import triton, triton_available
+from .kernels import _FLOAT_DTYPES as _DTYPES
+from .kernels import _conv_result_dtype as _operand_dtype
+from .kernels import _autocast_dtype, _needs_autograd, triton, triton_available
 
 if triton is not None:
     import triton.language as tl
 
 __all__ = ["conv3x3_kernel_applies", "conv3x3_no_bias"]
 
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _OUT_CHANNELS = 16  # the only Cout where the kernel beats cuDNN (module docstring)
 _MAX_IN_CHANNELS = 256
 
@@ -78,23 +79,6 @@ def _default_config(in_channels: int) -> tuple[int, int, int, int, int]:
 
 def _config(in_channels: int, out_channels: int, itemsize: int) -> tuple[int, int, int, int, int]:
     return _CONFIGS.get((in_channels, out_channels, itemsize)) or _default_config(in_channels)
-
-
-def _autocast_dtype(x: Tensor) -> torch.dtype | None:
-    """The autocast dtype when autocast is on for ``x``'s device type, else ``None`` (also
-    for device types without autocast, such as ``meta``, where the query raises)."""
-    try:
-        if torch.is_autocast_enabled(x.device.type):
-            return torch.get_autocast_dtype(x.device.type)
-    except RuntimeError:
-        pass
-    return None
-
-
-def _operand_dtype(x: Tensor) -> torch.dtype:
-    """Dtype of the products and of the output, as ``F.conv2d`` gives it: the autocast
-    dtype when autocast is on for ``x``'s device, else ``x``'s dtype."""
-    return (x.is_floating_point() and _autocast_dtype(x)) or x.dtype
 
 
 def _check_shapes(x: Tensor, weight: Tensor) -> None:
@@ -131,7 +115,7 @@ def conv3x3_kernel_applies(x: Tensor, weight: Tensor) -> bool:
         and _operand_dtype(x) in _DTYPES
         and weight.device == x.device
         and x.is_contiguous(memory_format=torch.channels_last)
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not _needs_autograd(x, weight)
     )
 
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .kernels import _FLOAT_DTYPES as _DTYPES
 from .kernels import triton, triton_available
 from .linear_attention import linear_attention
 
@@ -58,7 +59,6 @@ __all__ = [
     "fused_class_linear_attention_applies",
 ]
 
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # (BLOCK_R rows, BLOCK_T classes, num_warps) per head dim D, for pass 1 (_SUM_CONFIGS) and
 # pass 2 (_APPLY_CONFIGS). D = 8, 16, 32: the best of a sweep on an H200 (bf16, 150 and 847

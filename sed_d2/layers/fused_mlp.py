@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .kernels import _FLOAT_DTYPES as _DTYPES
 from .kernels import triton, triton_available
 from ..utils.parameter_cache import derived_from_parameters
 from .norms import fold_layer_norm_into_linear, normalize_last_dim
@@ -101,7 +102,6 @@ _CONFIGS = {
     (64, 4): (32, 32, 4, 2),
     (128, 4): (64, 32, 8, 2),
 }
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ACTIVATIONS = ("gelu", "relu")
 
 

@@ -211,13 +211,21 @@ class _NormalizeRows(torch.autograd.Function):
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def _autocast_dtype(x: Tensor) -> torch.dtype | None:
+    """The autocast dtype when autocast is on for ``x``'s device type, else ``None`` (also
+    for device types without autocast, such as ``meta``, where the query raises)."""
+    try:
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.get_autocast_dtype(x.device.type)
+    except RuntimeError:
+        pass
+    return None
+
+
 def _conv_result_dtype(x: Tensor) -> torch.dtype:
     """Dtype ``F.conv2d`` returns for ``x`` (weights in ``x``'s dtype): the autocast dtype
     when autocast is on for ``x``'s device (it casts every floating operand), else ``x``'s."""
-    device = x.device.type
-    if torch.is_autocast_enabled(device) and x.dtype in _FLOAT_DTYPES:
-        return torch.get_autocast_dtype(device)
-    return x.dtype
+    return (x.dtype in _FLOAT_DTYPES and _autocast_dtype(x)) or x.dtype
 
 
 def single_output_conv2d_applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
