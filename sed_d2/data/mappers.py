@@ -13,6 +13,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import NoOpTransform, Transform
 
+from .io import read_image, read_label_map
+
 __all__ = ["ColorAugSSDTransform", "SemanticSegmentationMapper"]
 
 logger = logging.getLogger(__name__)
@@ -186,7 +188,7 @@ class SemanticSegmentationMapper:
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
         if "sem_seg_file_name" not in dataset_dict:
             raise ValueError(
@@ -195,9 +197,7 @@ class SemanticSegmentationMapper:
         # float64: detectron2 resizes non-uint8 labels with torch, which has no int64 path;
         # it is exact for every label value (uint16 TIFF included) and nearest-neighbour.
         label_file = dataset_dict.pop("sem_seg_file_name")
-        sem_seg = utils.read_image(label_file).astype("double")
-        if sem_seg.ndim == 3:
-            sem_seg = sem_seg[:, :, 0]
+        sem_seg = read_label_map(label_file).astype("double")
         self._check_labels(sem_seg, label_file)
         if self.dataset_ignore_label != self.ignore_label:
             sem_seg[sem_seg == self.dataset_ignore_label] = self.ignore_label
