@@ -64,6 +64,14 @@ class ClassTransformerLayer(nn.Module):
         guidance_dim: optional per-class guidance channels concatenated into q/k (CAT-Seg
             text guidance); 0 = none (SED).
         mlp_ratio: MLP expansion.
+        pad_len: CAT-Seg's class padding (0 = none, SED): with ``T < pad_len`` classes,
+            the attention also attends to ``pad_len - T`` copies of a learnable token
+            ``padding_tokens`` (1, 1, dim) with guidance ``padding_guidance``
+            (1, 1, guidance_dim), as if the class axis were padded to ``pad_len`` and cropped
+            back after the layer (the official ``ClassTransformerLayer``). The copies enter
+            only the attention's key/value sums
+            (:meth:`MultiHeadLinearAttention.constant_token_sums`): their own outputs are
+            cropped officially, so they are never computed. ``T >= pad_len``: no padding.
 
     ``forward(x (B, T, C, H, W), guidance (B, T, guidance_dim) | None) -> (B, T, C, H, W)``.
     Parameters (official -> ours): ``norm1`` -> ``attention_norm``, ``attention.{q,k,v}``
@@ -88,6 +96,7 @@ class ClassTransformerLayer(nn.Module):
         test_pooling_size: int | Sequence[int] | None = None,
         guidance_dim: int = 0,
         mlp_ratio: int = 4,
+        pad_len: int = 0,
     ) -> None:
         super().__init__()
         self.pooling_size = _pair(pooling_size)
@@ -96,6 +105,9 @@ class ClassTransformerLayer(nn.Module):
         self.attention = MultiHeadLinearAttention(dim, num_heads, guidance_dim=guidance_dim)
         self.mlp_norm = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, mlp_ratio * dim)
+        self.pad_len = int(pad_len)
+        self.padding_tokens = nn.Parameter(torch.zeros(1, 1, dim)) if pad_len > 0 else None
+        self.padding_guidance = nn.Parameter(torch.zeros(1, 1, guidance_dim)) if pad_len > 0 and guidance_dim > 0 else None
 
     @property
     def active_pooling_size(self) -> tuple[int, int]:
@@ -116,8 +128,13 @@ class ClassTransformerLayer(nn.Module):
         tokens = pooled.permute(0, 2, 3, 1).reshape(batch, num_classes, pooled_h * pooled_w, channels)
         if guidance is not None:
             guidance = guidance[:, :, None].expand(batch, num_classes, pooled_h * pooled_w, guidance.shape[-1])
+        padding = None
+        if self.padding_tokens is not None and num_classes < self.pad_len:
+            padding = self.attention.constant_token_sums(
+                self.padding_tokens, self.padding_guidance, self.pad_len - num_classes, norm=self.attention_norm
+            )
         # pre-norms folded into the projections that follow them (exact algebra)
-        tokens = tokens + self.attention(tokens, guidance, norm=self.attention_norm)
+        tokens = tokens + self.attention(tokens, guidance, norm=self.attention_norm, extra_sums=padding)
         hidden = self.mlp.act(layer_norm_linear(tokens, self.mlp_norm, self.mlp.fc1))
         tokens = tokens + self.mlp.fc2(hidden)
         pooled = tokens.view(batch * num_classes, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)
@@ -144,6 +161,7 @@ class ClassTransformerLayer(nn.Module):
             not self.training
             and self.active_pooling_size == (1, 1)
             and self.attention.guidance_dim == 0
+            and self.padding_tokens is None
             and x.dim() == 5
             and triton_available(x)
             # channels-last class maps: the (B, T, H*W, C) tokens are a view and the
@@ -169,4 +187,4 @@ class ClassTransformerLayer(nn.Module):
         return out.view(batch, num_classes, height, width, channels).permute(0, 1, 4, 2, 3)
 
     def extra_repr(self) -> str:
-        return f"pooling_size={self.pooling_size}, test_pooling_size={self.test_pooling_size}"
+        return f"pooling_size={self.pooling_size}, test_pooling_size={self.test_pooling_size}, pad_len={self.pad_len}"

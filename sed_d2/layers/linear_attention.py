@@ -11,7 +11,9 @@ from .norms import fold_layer_norm_into_linear, normalize_last_dim
 __all__ = ["linear_attention", "LinearAttention", "MultiHeadLinearAttention"]
 
 
-def linear_attention(queries: Tensor, keys: Tensor, values: Tensor, eps: float = 1e-6) -> Tensor:
+def linear_attention(
+    queries: Tensor, keys: Tensor, values: Tensor, eps: float = 1e-6, *, extra_sums: Tensor | None = None
+) -> Tensor:
     """Non-causal, unmasked linear attention with the ``elu(x) + 1`` feature map.
 
     Args:
@@ -27,6 +29,11 @@ def linear_attention(queries: Tensor, keys: Tensor, values: Tensor, eps: float =
         multiplies by ``S`` after, an fp16 overflow guard that cancels exactly; bf16 and
         float32 do not need it.) Numerator and denominator come from one batched product:
         ``sum_s phi(k_s)`` is appended to ``sum_s phi(k_s) v_s^T`` as an extra column.
+
+    ``extra_sums``: ``(H, D, Dv + 1)``, the same two sums over further keys and values
+    that every query of every sequence and position also attends to,
+    ``cat([sum phi(k) v^T, sum phi(k)], -1)``; added to the sums over ``keys``/``values``
+    (CAT-Seg's class padding tokens, :meth:`MultiHeadLinearAttention.constant_token_sums`).
     """
     batch, length = queries.shape[:2]
     extra = queries.shape[2:-2]
@@ -37,6 +44,8 @@ def linear_attention(queries: Tensor, keys: Tensor, values: Tensor, eps: float =
     v = values.reshape(batch, values.shape[1], -1, heads, value_dim)
     kv = torch.einsum("nspha,nsphe->nphae", k, v)  # (N, P, H, D, Dv)
     kv = torch.cat([kv, k.sum(dim=1).unsqueeze(-1).to(kv.dtype)], dim=-1)
+    if extra_sums is not None:
+        kv = kv + extra_sums.to(kv.dtype)
     out = torch.einsum("nlpha,nphae->nlphe", q, kv)  # (N, L, P, H, Dv + 1)
     out = out[..., :value_dim] / (out[..., value_dim:] + eps)
     return out.reshape(batch, length, *extra, heads, value_dim)
@@ -49,8 +58,8 @@ class LinearAttention(nn.Module):
         super().__init__()
         self.eps = eps
 
-    def forward(self, queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
-        return linear_attention(queries, keys, values, self.eps)
+    def forward(self, queries: Tensor, keys: Tensor, values: Tensor, extra_sums: Tensor | None = None) -> Tensor:
+        return linear_attention(queries, keys, values, self.eps, extra_sums=extra_sums)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"
@@ -70,6 +79,7 @@ class MultiHeadLinearAttention(nn.Module):
     -> (N, L, *P, dim)``: attention along dim 1, independently for every ``N`` and
     extra position ``P``. ``norm`` (a ``LayerNorm(dim)``) is applied to ``x`` first,
     folded into the projections: ``forward(x, g, norm) == forward(norm(x), g)``.
+    ``extra_sums`` (:meth:`constant_token_sums`): keys/values every query also attends to.
     Parameters: ``query``, ``key``, ``value`` (official: ``q``, ``k``, ``v``).
     """
 
@@ -105,7 +115,31 @@ class MultiHeadLinearAttention(nn.Module):
         bias = None if any(b is None for _, b in params) else torch.cat([b for _, b in params])
         return F.linear(x, weight, bias)
 
-    def forward(self, x: Tensor, guidance: Tensor | None = None, norm: nn.LayerNorm | None = None) -> Tensor:
+    def constant_token_sums(
+        self, token: Tensor, guidance: Tensor | None, count: int, norm: nn.LayerNorm | None = None
+    ) -> Tensor:
+        """The ``extra_sums`` of ``count`` copies of one token ``(dim,)`` with guidance
+        ``(guidance_dim,)`` appended to every sequence: ``(H, D, D + 1)``. Attending to
+        them this way equals concatenating the copies to the keys and values (CAT-Seg's
+        class padding) without materialising them."""
+        if (guidance is not None) != (self.guidance_dim > 0):
+            raise ValueError("guidance must be given exactly when guidance_dim > 0")
+        x = token.reshape(1, -1)
+        if norm is not None:
+            x = norm(x)
+        key_input = x if guidance is None else torch.cat([x, guidance.reshape(1, -1).to(x.dtype)], dim=-1)
+        k = F.elu(self.key(key_input)) + 1.0
+        v = self.value(x)
+        k, v = k.view(self.num_heads, -1), v.view(self.num_heads, -1)
+        return count * torch.cat([k.unsqueeze(-1) * v.unsqueeze(-2), k.unsqueeze(-1)], dim=-1)
+
+    def forward(
+        self,
+        x: Tensor,
+        guidance: Tensor | None = None,
+        norm: nn.LayerNorm | None = None,
+        extra_sums: Tensor | None = None,
+    ) -> Tensor:
         if (guidance is not None) != (self.guidance_dim > 0):
             raise ValueError("guidance must be given exactly when guidance_dim > 0")
         dim = x.shape[-1]
@@ -120,5 +154,5 @@ class MultiHeadLinearAttention(nn.Module):
             q, k = F.linear(torch.cat([x, guidance], dim=-1), weight, bias).split(dim, dim=-1)
             v = F.linear(x, *params[2])
         heads = (self.num_heads, -1)
-        out = self.attention(q.unflatten(-1, heads), k.unflatten(-1, heads), v.unflatten(-1, heads))
+        out = self.attention(q.unflatten(-1, heads), k.unflatten(-1, heads), v.unflatten(-1, heads), extra_sums)
         return out.flatten(-2)
