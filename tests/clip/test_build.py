@@ -3,15 +3,20 @@ import logging
 import open_clip
 import pytest
 import torch
+from open_clip.transformer import QuickGELU
 from safetensors.torch import save_file
 from timm.layers import DropPath
+from torch import nn
 
 from sed_d2.clip import build_clip_model, register_model_configs
 from tests.helpers import tiny_clip
 
 TINY = "sed_d2_tiny_convnext"
 TINY_MLP = "sed_d2_tiny_convnext_mlp"
+TINY_VIT = "sed_d2_tiny_vit_quickgelu"
 B_TAG_REPO = "laion/CLIP-convnext_base_w_320-laion_aesthetic-s13B-b82K"
+# Entries of OpenAI's CLIP state_dicts besides the weights.
+OPENAI_METADATA = {"input_resolution": 64, "context_length": 77, "vocab_size": 49408}
 
 
 def assert_same_weights(model_a, model_b):
@@ -25,7 +30,7 @@ def assert_same_weights(model_a, model_b):
 
 
 def test_tiny_configs_are_registered_once():
-    assert {TINY, TINY_MLP} <= set(open_clip.list_models())
+    assert {TINY, TINY_MLP, TINY_VIT} <= set(open_clip.list_models())
     search_path = list(open_clip.factory._MODEL_CONFIG_PATHS)
     register_model_configs()
     register_model_configs()
@@ -76,11 +81,18 @@ def test_failed_download_explains_what_to_do(monkeypatch):
 
     monkeypatch.setattr(open_clip, "download_pretrained", offline)
     with pytest.raises(RuntimeError) as error:
-        build_clip_model("convnext_base_w_320", "laion_aesthetic_s13b_b82k")
+        build_clip_model("convnext_base_w_320", "laion_aesthetic_s13b_b82k", pretrained_key="MODEL.OVSEG.CLIP_PRETRAINED")
     message = str(error.value)
     for expected in ("convnext_base_w_320", "laion_aesthetic_s13b_b82k", B_TAG_REPO,
-                     "MODEL.OVSEG.CLIP_PRETRAINED", "network is unreachable"):
+                     "set MODEL.OVSEG.CLIP_PRETRAINED to its local path", "network is unreachable"):
         assert expected in message
+
+
+def test_messages_name_the_weights_argument_as_the_caller_says(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"\(from pretrained\)"):
+        build_clip_model(TINY, "weights/clip.pt")
+    with pytest.raises(IsADirectoryError, match=r"^MODEL\.OVSEG\.CLIP_PRETRAINED="):
+        build_clip_model(TINY, str(tmp_path), pretrained_key="MODEL.OVSEG.CLIP_PRETRAINED")
 
 
 def test_tag_weights_are_downloaded_and_loaded(monkeypatch, tmp_path):
@@ -97,6 +109,104 @@ def test_tag_weights_are_downloaded_and_loaded(monkeypatch, tmp_path):
     monkeypatch.setattr(open_clip, "download_pretrained", fake_download)
     assert_same_weights(build_clip_model(TINY, "fake_tag"), source)
     assert requested == ["org/tiny/"]
+
+
+# ------------------------------------------------------------------ activation (QuickGELU) check
+
+
+def test_tiny_vit_uses_quick_gelu_in_both_towers():
+    model = build_clip_model(TINY_VIT)
+    activations = [block.mlp.gelu for block in model.visual.transformer.resblocks]
+    activations += [block.mlp.gelu for block in model.transformer.resblocks]
+    assert activations and all(isinstance(act, QuickGELU) for act in activations)
+
+
+@pytest.mark.parametrize("name, right_name", [
+    ("ViT-B-16", "ViT-B-16-quickgelu"),
+    ("ViT-L-14-336", "ViT-L-14-336-quickgelu"),
+])
+def test_openai_tag_on_a_gelu_architecture_is_refused_before_downloading(monkeypatch, name, right_name):
+    def must_not_download(*args, **kwargs):
+        raise AssertionError("downloaded although the architecture is wrong")
+
+    monkeypatch.setattr(open_clip, "download_pretrained", must_not_download)
+    with pytest.raises(ValueError) as error:
+        build_clip_model(name, "openai")
+    message = str(error.value)
+    assert f"architecture {right_name!r} instead" in message
+    assert "tag 'openai' were trained with QuickGELU" in message and f"{name!r} uses GELU" in message
+
+
+@pytest.mark.parametrize("name, repo", [
+    ("ViT-B-16-quickgelu", "timm/vit_base_patch16_clip_224.openai/"),
+    ("ViT-L-14-336-quickgelu", "timm/vit_large_patch14_clip_336.openai/"),
+])
+def test_openai_tag_on_the_quickgelu_architecture_goes_to_download(monkeypatch, name, repo):
+    requested = []
+
+    def offline(pretrained_cfg, *args, **kwargs):
+        requested.append(pretrained_cfg["hf_hub"])
+        raise OSError("offline")
+
+    monkeypatch.setattr(open_clip, "download_pretrained", offline)
+    with pytest.raises(RuntimeError, match="Could not download"):
+        build_clip_model(name, "openai")
+    assert requested == [repo]
+
+
+def test_gelu_tag_on_a_quickgelu_architecture_is_refused(monkeypatch):
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, TINY_VIT, {"gelu_tag": {"hf_hub": "org/tiny/"}})
+    with pytest.raises(ValueError) as error:
+        build_clip_model(TINY_VIT, "gelu_tag")
+    message = str(error.value)
+    assert "trained with GELU" in message and f"{TINY_VIT!r} uses QuickGELU" in message
+    assert '"quick_gelu": false' in message  # no "-quickgelu"-less twin to name
+
+
+def save_openai_torchscript(state_dict, path):
+    """An archive shaped like OpenAI's own CLIP files: a TorchScript module whose
+    state_dict holds the (fp16) weights under the OpenAI names plus the hyperparameters."""
+    root = nn.Module()
+    for key, value in state_dict.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for part in parents:
+            if not hasattr(module, part):
+                module.add_module(part, nn.Module())
+            module = getattr(module, part)
+        module.register_buffer(leaf, value.clone())
+    for key, value in OPENAI_METADATA.items():
+        root.register_buffer(key, torch.tensor(value))
+    torch.jit.save(torch.jit.script(root), path)
+
+
+def openai_fp16_weights(source):
+    return {key: value.half() for key, value in source.state_dict().items()}
+
+
+def test_local_openai_torchscript_file_loads(tmp_path):
+    weights = openai_fp16_weights(tiny_clip(TINY_VIT, seed=1))
+    save_openai_torchscript(weights, tmp_path / "ViT-tiny.pt")
+    model = build_clip_model(TINY_VIT, str(tmp_path / "ViT-tiny.pt"))
+    state = model.state_dict()
+    assert state.keys() == weights.keys()
+    for key, value in weights.items():
+        assert state[key].dtype == torch.float32 and torch.equal(state[key], value.float()), key
+
+
+def test_local_openai_state_dict_file_loads(tmp_path):
+    weights = openai_fp16_weights(tiny_clip(TINY_VIT, seed=1))
+    metadata = {key: torch.tensor(value) for key, value in OPENAI_METADATA.items()}
+    torch.save({**weights, **metadata}, tmp_path / "openai_state_dict.pt")
+    state = build_clip_model(TINY_VIT, str(tmp_path / "openai_state_dict.pt")).state_dict()
+    assert all(torch.equal(state[key], value.float()) for key, value in weights.items())
+
+
+def test_local_openai_file_on_a_gelu_architecture_is_refused(tmp_path):
+    save_openai_torchscript(openai_fp16_weights(tiny_clip(TINY_VIT)), tmp_path / "ViT-tiny.pt")
+    # Refused for the activation before any shape is compared.
+    with pytest.raises(ValueError, match=r"OpenAI CLIP file.*architecture 'ViT-B-16-quickgelu' instead"):
+        build_clip_model("ViT-B-16", str(tmp_path / "ViT-tiny.pt"))
 
 
 # ------------------------------------------------------------------ local files
