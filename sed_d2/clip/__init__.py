@@ -5,11 +5,15 @@
 - ``convnext_dense_features`` / ``dense_feature_channels``: multi-scale ConvNeXt features
   and the per-pixel CLIP embedding, computed with the stock modules' parameters; the
   trunk's blocks take the decoder's fast ConvNeXt block path where that is exact (``dense.py``).
+- ``vit_dense_features`` / ``vit_dense_feature_channels`` / ``vit_dense_feature_strides``:
+  CAT-Seg's dense ViT features (value-path last block, intermediate-layer taps, per-forward
+  bicubic positional-embedding resize) around the stock open_clip ViT (``dense_vit.py``).
 - ``TextEncoder``: vocabulary -> (T, P, C) text embeddings with synonyms and a cache
   (``text.py``); ``get_templates`` / ``IMAGENET_TEMPLATES``: prompt sets (``templates.py``).
 
 Importing this package registers the tiny sed_d2 architectures (``model_configs/``)
-with open_clip, so ``open_clip.create_model("sed_d2_tiny_convnext")`` works too.
+with open_clip, so ``open_clip.create_model("sed_d2_tiny_convnext")`` works too
+(``sed_d2_tiny_vit_quickgelu`` is the tiny ViT).
 """
 
 from .build import build_clip_model, register_model_configs
@@ -19,6 +23,13 @@ from .dense import (
     convnext_fast_path_applies,
     dense_feature_channels,
     dense_feature_strides,
+)
+from .dense_vit import (
+    VIT_CLS_SOURCES,
+    resized_positional_embedding,
+    vit_dense_feature_channels,
+    vit_dense_feature_strides,
+    vit_dense_features,
 )
 from .templates import (
     IMAGENET_SELECT_TEMPLATES,
@@ -38,6 +49,11 @@ __all__ = [
     "convnext_fast_path_applies",
     "dense_feature_channels",
     "dense_feature_strides",
+    "VIT_CLS_SOURCES",
+    "resized_positional_embedding",
+    "vit_dense_feature_channels",
+    "vit_dense_feature_strides",
+    "vit_dense_features",
     "IMAGENET_TEMPLATES",
     "IMAGENET_SELECT_TEMPLATES",
     "SINGLE_TEMPLATE",
