@@ -8,6 +8,9 @@
 - ``vit_dense_features`` / ``vit_dense_feature_channels`` / ``vit_dense_feature_strides``:
   CAT-Seg's dense ViT features (value-path last block, intermediate-layer taps, per-forward
   bicubic positional-embedding resize) around the stock open_clip ViT (``dense_vit.py``).
+- ``apply_clip_finetune`` / ``keep_frozen_rows``: what of CLIP trains (``"attention"``: the
+  q and v rows of the fused attention projections of both towers, k rows kept exactly;
+  ``"full"``; ``"frozen"``) (``finetune.py``).
 - ``TextEncoder``: vocabulary -> (T, P, C) text embeddings with synonyms and a cache
   (``text.py``); ``get_templates`` / ``IMAGENET_TEMPLATES``: prompt sets (``templates.py``).
 
@@ -31,6 +34,7 @@ from .dense_vit import (
     vit_dense_feature_strides,
     vit_dense_features,
 )
+from .finetune import CLIP_FINETUNE_MODES, apply_clip_finetune, frozen_rows, keep_frozen_rows
 from .templates import (
     IMAGENET_SELECT_TEMPLATES,
     IMAGENET_TEMPLATES,
@@ -54,6 +58,10 @@ __all__ = [
     "vit_dense_feature_channels",
     "vit_dense_feature_strides",
     "vit_dense_features",
+    "CLIP_FINETUNE_MODES",
+    "apply_clip_finetune",
+    "frozen_rows",
+    "keep_frozen_rows",
     "IMAGENET_TEMPLATES",
     "IMAGENET_SELECT_TEMPLATES",
     "SINGLE_TEMPLATE",
