@@ -2,13 +2,21 @@
 
 The vocabulary is data, not model state: the same model segments with any list of class
 names, and the embeddings are computed on first use, cached in memory and never saved in
-a checkpoint. This follows the official SED ``class_embeddings`` exactly:
+a checkpoint. With the default synonym rule this follows the official SED
+``class_embeddings`` exactly:
 
 * a class name may hold synonyms separated by ", " (e.g. ``"person, child, girl"``);
 * for each template and synonym, ``template.format(synonym)`` is encoded by the CLIP text
   tower and L2-normalised;
-* synonyms of one template are averaged and the mean is L2-normalised again;
+* synonym rule ``"mean"`` (SED): synonyms of one template are averaged and the mean is
+  L2-normalised again; ``"first"`` (CAT-Seg's ``get_text_embeds``, in training and at
+  test): only the first synonym is encoded;
 * templates are *not* averaged: each stays a separate channel, giving (T, P, C).
+
+When the text tower trains (CAT-Seg's q/v fine-tuning), embeddings are computed with
+gradients, every call, and never cached; under ``no_grad`` they are cached with the text
+tower's parameter versions in the key, so an evaluation during training never reads
+embeddings of older weights (the official CAT-Seg cache keeps its first evaluation's).
 """
 
 from __future__ import annotations
@@ -24,10 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["TextEncoder", "TextCacheInfo", "SYNONYM_SEPARATOR"]
+__all__ = ["TextEncoder", "TextCacheInfo", "SYNONYM_RULES", "SYNONYM_SEPARATOR"]
 
 # Separator of synonyms inside one class name (the official SED class lists use it).
 SYNONYM_SEPARATOR = ", "
+# How the synonyms of one class name make one embedding per template (see the module doc).
+SYNONYM_RULES = ("mean", "first")
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
@@ -49,12 +59,21 @@ class TextEncoder:
     weights would appear twice in the owner's state_dict; and the cache, which is a
     function of the vocabulary, must never be saved with the weights.
 
-    The text tower is run under ``torch.no_grad()``; freezing its parameters is the
-    caller's business. Results are cached per (vocabulary, device, text-tower dtype) in
-    a small LRU cache. The cache is cleared whenever ``load_state_dict`` runs on the CLIP
-    model or on any module containing it (torch calls the load post-hooks of every
-    submodule it loads), so weights loaded after a first encoding, e.g. from a
-    checkpoint, never leave stale embeddings behind.
+    Two paths, chosen on every call:
+
+    * gradients enabled and a text-tower parameter requiring grad (the text tower
+      trains): the embeddings are computed afresh, with gradients, and not cached;
+    * otherwise (frozen tower, or ``no_grad`` / ``inference_mode``): the text tower runs
+      without gradients and the result is cached per (vocabulary, device, text-tower
+      dtype) in a small LRU cache. An entry is used only while the text tower's
+      parameters are the ones it was computed from (their versions, which every
+      optimizer step bumps), and the cache is cleared whenever ``load_state_dict`` runs
+      on the CLIP model or on any module containing it (torch calls the load post-hooks
+      of every submodule it loads). Weights trained or loaded after an encoding never
+      leave stale embeddings behind.
+
+    Freezing the text tower is the caller's business (e.g.
+    :func:`sed_d2.clip.apply_clip_finetune`).
 
     Args:
         clip_model: an open_clip ``CLIP`` / ``CustomTextCLIP`` (anything with
@@ -64,10 +83,12 @@ class TextEncoder:
             ``open_clip.get_tokenizer(model_name)`` when ``model_name`` is given, else
             open_clip's generic CLIP BPE tokenizer with the model's context length.
         model_name: open_clip architecture name, used only to pick the tokenizer.
+        synonym_rule: ``"mean"`` (SED, default) or ``"first"`` (CAT-Seg), see the module
+            docstring.
         batch_size: number of texts encoded per forward pass of the text tower.
         max_cache_entries: vocabularies kept in the cache (least recently used evicted).
-        progress: show a progress bar; ``None`` shows one only for more than
-            ``PROGRESS_MIN_TEXTS`` texts (e.g. 847 classes x 80 templates).
+        progress: show a progress bar when filling the cache; ``None`` shows one only
+            for more than ``PROGRESS_MIN_TEXTS`` texts (e.g. 847 classes x 80 templates).
     """
 
     PROGRESS_MIN_TEXTS = 2000
@@ -79,6 +100,7 @@ class TextEncoder:
         tokenizer: Tokenizer | None = None,
         model_name: str | None = None,
         *,
+        synonym_rule: str = "mean",
         batch_size: int = 256,
         max_cache_entries: int = 8,
         progress: bool | None = None,
@@ -87,7 +109,10 @@ class TextEncoder:
             raise ValueError("Pass either tokenizer or model_name (which selects open_clip's tokenizer), not both")
         if batch_size < 1 or max_cache_entries < 1:
             raise ValueError(f"batch_size and max_cache_entries must be >= 1, got {batch_size}, {max_cache_entries}")
+        if synonym_rule not in SYNONYM_RULES:
+            raise ValueError(f"synonym_rule must be one of {SYNONYM_RULES}, got {synonym_rule!r}")
         self.clip_model = clip_model
+        self.synonym_rule = synonym_rule
         self.templates: tuple[str, ...] = _checked_templates(templates)
         if tokenizer is None:
             tokenizer = _open_clip_tokenizer(model_name, getattr(clip_model, "context_length", None))
@@ -95,7 +120,11 @@ class TextEncoder:
         self.batch_size = batch_size
         self.max_cache_entries = max_cache_entries
         self.progress = progress
-        self._cache: collections.OrderedDict[tuple, torch.Tensor] = collections.OrderedDict()
+        # (vocabulary, device, dtype) -> (text-tower parameter state, embeddings)
+        self._cache: collections.OrderedDict[tuple, tuple[tuple, torch.Tensor]] = collections.OrderedDict()
+        # Listed once (walking the modules costs more than the rest of a cache hit);
+        # relisted after every load_state_dict, which may replace the parameters.
+        self._text_parameters: list[torch.Tensor] | None = None
         self._hits = 0
         self._misses = 0
         self.invalidate_on_load(clip_model)
@@ -113,19 +142,31 @@ class TextEncoder:
 
         Returns:
             (T, P, C) float32 tensor on the text tower's device, L2-normalised along C.
-            It may be the cached tensor itself: treat it as read-only.
+            With a trainable text tower and gradients enabled it carries gradients;
+            otherwise it may be the cached tensor itself: treat it as read-only.
         """
         names = validate_vocabulary(class_names)
-        weight = _text_tower_weight(self.clip_model)
-        key = (names, weight.device, weight.dtype)
-        cached = self._cache.get(key)
-        if cached is not None:
+        parameters = self._tower_parameters()
+        device = parameters[0].device
+        if torch.is_grad_enabled() and any(parameter.requires_grad for parameter in parameters):
+            # A training step's own computation: no progress bar on every step; autocast
+            # off as in the cached path, so training and evaluation embed alike.
+            with torch.autocast(device.type, enabled=False):
+                return self._encode_vocabulary_impl(names, device, progress=False)
+
+        key = (names, device, parameters[0].dtype)
+        # Pointer and version of every parameter: an optimizer step or any in-place
+        # change bumps a version, a replaced tensor has another pointer.
+        parameter_state = tuple((parameter.data_ptr(), parameter._version) for parameter in parameters)
+        entry = self._cache.get(key)
+        if entry is not None and entry[0] == parameter_state:
             self._hits += 1
             self._cache.move_to_end(key)
-            return cached
+            return entry[1]
         self._misses += 1
-        embeddings = self._encode_vocabulary(names, weight.device)
-        self._cache[key] = embeddings
+        embeddings = self._encode_vocabulary(names, device)
+        self._cache[key] = (parameter_state, embeddings)
+        self._cache.move_to_end(key)
         while len(self._cache) > self.max_cache_entries:
             self._cache.popitem(last=False)
         return embeddings
@@ -136,6 +177,7 @@ class TextEncoder:
     def clear_cache(self) -> None:
         """Forget every cached vocabulary (the hit/miss counters are kept)."""
         self._cache.clear()
+        self._text_parameters = None
 
     def invalidate_on_load(self, module: nn.Module) -> torch.utils.hooks.RemovableHandle:
         """Clear this encoder's cache after every ``module.load_state_dict``.
@@ -147,11 +189,16 @@ class TextEncoder:
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(templates={self.num_templates}, batch_size={self.batch_size}, "
-            f"cache={self.cache_info()})"
+            f"{type(self).__name__}(templates={self.num_templates}, synonym_rule={self.synonym_rule!r}, "
+            f"batch_size={self.batch_size}, cache={self.cache_info()})"
         )
 
     # -----------------------------------------------------------------------------------
+
+    def _tower_parameters(self) -> list[torch.Tensor]:
+        if self._text_parameters is None:
+            self._text_parameters = _text_tower_parameters(self.clip_model)
+        return self._text_parameters
 
     def _encode_vocabulary(self, names: tuple[str, ...], device: torch.device) -> torch.Tensor:
         # The result is cached and reused in every mode, so it must not depend on the
@@ -159,11 +206,15 @@ class TextEncoder:
         # official fp32 ones), and no inference-mode tensors (they could not be used in a
         # later training step's autograd graph; eval may run under inference_mode).
         with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
-            return self._encode_vocabulary_impl(names, device)
+            return self._encode_vocabulary_impl(names, device, self.progress)
 
-    def _encode_vocabulary_impl(self, names: tuple[str, ...], device: torch.device) -> torch.Tensor:
-        num_texts = sum(len(name.split(SYNONYM_SEPARATOR)) for name in names) * self.num_templates
-        show_progress = self.progress if self.progress is not None else num_texts > self.PROGRESS_MIN_TEXTS
+    def _synonyms(self, name: str) -> list[str]:
+        synonyms = name.split(SYNONYM_SEPARATOR)
+        return synonyms[:1] if self.synonym_rule == "first" else synonyms
+
+    def _encode_vocabulary_impl(self, names: tuple[str, ...], device: torch.device, progress: bool | None) -> torch.Tensor:
+        num_texts = sum(len(self._synonyms(name)) for name in names) * self.num_templates
+        show_progress = progress if progress is not None else num_texts > self.PROGRESS_MIN_TEXTS
         per_class: list[torch.Tensor] = []
         # Classes are encoded in groups of about batch_size texts and reduced to (P, C)
         # right away, so memory holds one group's raw embeddings, not the vocabulary's.
@@ -171,7 +222,7 @@ class TextEncoder:
         group_synonym_counts: list[int] = []
         with tqdm(total=num_texts, desc="Encoding class names", unit="text", disable=not show_progress) as bar:
             for index, name in enumerate(names):
-                synonyms = name.split(SYNONYM_SEPARATOR)
+                synonyms = self._synonyms(name)
                 # Template-major, synonym-minor: the layout the official code reshapes.
                 group_texts += [template.format(synonym) for template in self.templates for synonym in synonyms]
                 group_synonym_counts.append(len(synonyms))
@@ -285,9 +336,16 @@ def _open_clip_tokenizer(model_name: str | None, context_length: int | None) -> 
     return open_clip.get_tokenizer(context_length=context_length)
 
 
-def _text_tower_weight(clip_model: nn.Module) -> torch.Tensor:
-    """A parameter of the text tower: its device and dtype are the encoding's."""
+def _text_tower_parameters(clip_model: nn.Module) -> list[torch.Tensor]:
+    """The parameters ``encode_text`` reads; the first one's device and dtype are the
+    encoding's."""
     text_tower = getattr(clip_model, "text", None)  # CustomTextCLIP keeps the tower here
     if isinstance(text_tower, nn.Module):
-        return next(text_tower.parameters())
-    return clip_model.token_embedding.weight
+        return list(text_tower.parameters())
+    # CLIP keeps the text tower at the top level, beside `visual` and the logit scale/bias.
+    first = clip_model.token_embedding.weight
+    return [first] + [
+        parameter
+        for name, parameter in clip_model.named_parameters()
+        if parameter is not first and not name.startswith(("visual.", "logit_"))
+    ]

@@ -7,16 +7,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sed_d2.clip import TextEncoder, get_templates
+from sed_d2.clip import TextEncoder, apply_clip_finetune, get_templates
 from tests.helpers import tiny_clip
 
 TEMPLATES = get_templates("imagenet_select")  # P = 8
 VOCABULARY = ["cat", "dog, puppy, hound", "tree"]
+TINY_VIT = "sed_d2_tiny_vit_quickgelu"
+
+
+def frozen_clip(name="sed_d2_tiny_convnext", seed=0):
+    """A tiny CLIP whose text tower is frozen, as in SED."""
+    return tiny_clip(name, seed=seed).requires_grad_(False)
 
 
 @pytest.fixture
 def clip():
-    return tiny_clip()
+    return frozen_clip()
 
 
 @pytest.fixture
@@ -110,18 +116,18 @@ def test_loading_weights_clears_the_cache(clip):
     encoder = TextEncoder(clip, TEMPLATES)
     handle = encoder.invalidate_on_load(owner)
     stale = encoder(VOCABULARY)
-    new_weights = {f"clip_model.{k}": v for k, v in tiny_clip(seed=7).state_dict().items()}
+    new_weights = {f"clip_model.{k}": v for k, v in frozen_clip(seed=7).state_dict().items()}
     owner.load_state_dict(new_weights)
     assert encoder.cache_info().currsize == 0
     fresh = encoder(VOCABULARY)
     assert not torch.allclose(fresh, stale)
-    assert torch.equal(fresh, TextEncoder(tiny_clip(seed=7), TEMPLATES)(VOCABULARY))
+    assert torch.equal(fresh, TextEncoder(frozen_clip(seed=7), TEMPLATES)(VOCABULARY))
     handle.remove()
 
 
 def test_loading_the_clip_model_itself_clears_the_cache(encoder, clip):
     encoder(VOCABULARY)
-    clip.load_state_dict(tiny_clip(seed=7).state_dict())
+    clip.load_state_dict(frozen_clip(seed=7).state_dict())
     assert encoder.cache_info().currsize == 0
 
 
@@ -179,3 +185,94 @@ def test_embeddings_do_not_depend_on_the_calling_context(clip):
     assert not cached.is_inference()  # usable in a later training step's graph
     image_features = torch.randn(2, reference.shape[-1], requires_grad=True)
     torch.einsum("bc,tpc->btp", image_features, encoder(VOCABULARY)).sum().backward()
+
+
+# ------------------------------------------------------------------ synonym rule
+
+
+def test_first_synonym_rule_encodes_the_first_synonym_only(clip):
+    first = TextEncoder(clip, TEMPLATES, synonym_rule="first")(VOCABULARY)
+    expected = encode_directly(clip, [template.format("dog") for template in TEMPLATES])
+    torch.testing.assert_close(first[1], expected, rtol=0, atol=1e-6)
+    mean = TextEncoder(clip, TEMPLATES)(VOCABULARY)  # the default is SED's rule
+    assert torch.equal(first[[0, 2]], mean[[0, 2]])
+    assert not torch.allclose(first[1], mean[1], atol=1e-3)
+
+
+def test_unknown_synonym_rule(clip):
+    with pytest.raises(ValueError, match=r"synonym_rule must be one of \('mean', 'first'\)"):
+        TextEncoder(clip, TEMPLATES, synonym_rule="average")
+
+
+# ------------------------------------------------------------------ trainable text tower
+
+
+@pytest.fixture
+def trainable_clip():
+    """The tiny ViT CLIP with CAT-Seg's q/v fine-tuning: the text tower trains."""
+    clip = tiny_clip(TINY_VIT, seed=3)
+    apply_clip_finetune(clip, "attention")
+    return clip
+
+
+def text_q_v_weights(clip):
+    return [block.attn.in_proj_weight for block in clip.transformer.resblocks]
+
+
+def test_trainable_text_tower_gets_gradients_and_nothing_is_cached(trainable_clip):
+    encoder = TextEncoder(trainable_clip, TEMPLATES[:2], synonym_rule="first")
+    embeddings = encoder(VOCABULARY)
+    assert embeddings.requires_grad and encoder.cache_info() == (0, 0, encoder.max_cache_entries, 0)
+    embeddings.square().sum().backward()
+    assert all(torch.count_nonzero(weight.grad) > 0 for weight in text_q_v_weights(trainable_clip))
+    again = encoder(VOCABULARY)
+    assert again is not embeddings and encoder.cache_info().currsize == 0
+    with torch.no_grad():
+        assert torch.equal(encoder(VOCABULARY), embeddings.detach())  # same values as the cached path
+
+
+def test_gradient_path_ignores_autocast(trainable_clip):
+    encoder = TextEncoder(trainable_clip, TEMPLATES[:2])
+    reference = encoder(VOCABULARY).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embeddings = encoder(VOCABULARY)
+    assert embeddings.dtype == torch.float32 and torch.equal(embeddings.detach(), reference)
+
+
+def test_evaluation_during_training_never_reads_older_weights(trainable_clip):
+    encoder = TextEncoder(trainable_clip, TEMPLATES[:2])
+    optimizer = torch.optim.SGD([p for p in trainable_clip.parameters() if p.requires_grad], lr=10.0)
+    evaluations = []
+    for step in range(3):
+        with torch.no_grad():
+            evaluations.append(encoder(VOCABULARY))  # periodic evaluation
+            assert encoder(VOCABULARY) is evaluations[-1]  # cached while the weights stay
+        optimizer.zero_grad()
+        encoder(VOCABULARY).sum().backward()  # a training step
+        optimizer.step()
+    with torch.no_grad():
+        latest = encoder(VOCABULARY)
+        fresh = TextEncoder(copy.deepcopy(trainable_clip), TEMPLATES[:2])(VOCABULARY)
+    assert torch.equal(latest, fresh)
+    assert not torch.allclose(latest, evaluations[0], atol=1e-4)
+    assert encoder.cache_info().currsize == 1  # entries of older weights are replaced, not kept
+
+
+def test_in_place_change_of_a_frozen_text_tower_is_seen(clip):
+    encoder = TextEncoder(clip, TEMPLATES)
+    before = encoder(VOCABULARY)
+    with torch.no_grad():
+        clip.transformer.resblocks[0].mlp.c_fc.weight.mul_(3)
+    after = encoder(VOCABULARY)
+    assert encoder.cache_info().misses == 2
+    assert torch.equal(after, TextEncoder(copy.deepcopy(clip), TEMPLATES)(VOCABULARY))
+    assert not torch.allclose(after, before, atol=1e-4)
+
+
+def test_image_tower_changes_keep_the_cache(clip):
+    encoder = TextEncoder(clip, TEMPLATES)
+    cached = encoder(VOCABULARY)
+    with torch.no_grad():
+        clip.visual.head.proj.weight.mul_(2)
+        clip.logit_scale.add_(1)
+    assert encoder(VOCABULARY) is cached
