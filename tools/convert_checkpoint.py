@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sed_d2.checkpoint import convert_official_sed_state_dict, is_official_sed_state_dict  # noqa
+from sed_d2.checkpoint import convert_official, official_layout  # noqa: E402
 
 
 def load_state_dict(path: str, trust_file: bool) -> dict:
@@ -32,17 +32,13 @@ def load_state_dict(path: str, trust_file: bool) -> dict:
 
 def check_against_config(state_dict: dict, config_file: str, opts) -> None:
     """Build the model of ``config_file`` and load ``state_dict`` strictly."""
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
     import sed_d2  # noqa: F401
-    from sed_d2.config import add_sed_d2_config
+    from sed_d2.config import get_cfg
 
-    cfg = get_cfg()
-    add_sed_d2_config(cfg)
-    cfg.merge_from_file(config_file)
     # Random init for the check: the pretrained CLIP would be overwritten anyway.
-    cfg.merge_from_list(["MODEL.OVSEG.CLIP_PRETRAINED", "", "MODEL.DEVICE", "cpu", *opts])
+    cfg = get_cfg(config_file, ["MODEL.OVSEG.CLIP_PRETRAINED", "", "MODEL.DEVICE", "cpu", *opts])
     model = build_model(cfg)
     result = model.load_state_dict(state_dict, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -65,9 +61,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     state_dict = load_state_dict(args.input, args.trust_file)
-    if is_official_sed_state_dict(state_dict):
-        state_dict = convert_official_sed_state_dict(state_dict)
-        print(f"converted {len(state_dict)} tensors from the official SED layout")
+    if official_layout(state_dict) is not None:
+        layout, state_dict = convert_official(state_dict)
+        print(f"converted {len(state_dict)} tensors from the official {layout} layout")
     else:
         print("input is not in an official layout; re-saving its state_dict unchanged")
     if args.config_file:

@@ -5,7 +5,7 @@ import pickle
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..checkpoint import convert_official_sed_state_dict, is_official_sed_state_dict
+from ..checkpoint import convert_official, official_layout
 
 __all__ = ["ConvertingCheckpointer"]
 
@@ -17,9 +17,10 @@ class ConvertingCheckpointer(DetectionCheckpointer):
 
     * ``torch.load(..., weights_only=True)`` always (the safe loader; default since torch 2.6):
       a checkpoint that needs arbitrary unpickling is refused with a message, never executed.
-    * a checkpoint of an official implementation (e.g. the SED authors' ``model_final.pth``,
-      keys ``sem_seg_head.predictor.*``) is converted to this package's key names first, so
-      ``MODEL.WEIGHTS`` takes official files directly.
+    * a checkpoint of an official implementation (any layout in
+      :data:`sed_d2.checkpoint.OFFICIAL_CONVERTERS`, e.g. the SED authors' ``model_final.pth``)
+      is converted to this package's key names first, so ``MODEL.WEIGHTS`` takes official
+      files directly.
     """
 
     def _torch_load(self, f):
@@ -34,7 +35,7 @@ class ConvertingCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint):
         state_dict = checkpoint["model"]
-        if is_official_sed_state_dict(state_dict):
-            logger.info("Converting an official SED checkpoint to sed_d2 key names")
-            checkpoint["model"] = convert_official_sed_state_dict(state_dict)
+        if official_layout(state_dict) is not None:
+            layout, checkpoint["model"] = convert_official(state_dict)
+            logger.info(f"Converted an official {layout} checkpoint to sed_d2 key names")
         return super()._load_model(checkpoint)

@@ -4,6 +4,7 @@ import argparse
 import pytest
 import torch
 
+from tests.checkpoint.official_sed_layout import to_official_sed
 from tests.conftest import requires_detectron2
 from tests.d2_helpers import load_tool, tiny_cfg
 
@@ -18,32 +19,14 @@ def _tiny_model():
     return build_model(tiny_cfg("configs/sed/tiny.yaml"))
 
 
-def _official_layout(model):
-    """The model's state_dict renamed to the official SED key layout (inverse of our map)."""
-    from sed_d2.checkpoint import (
-        OFFICIAL_SED_CLIP_PREFIX,
-        OFFICIAL_SED_DECODER_PREFIX,
-        official_sed_decoder_key,
-    )
-
-    official = {}
-    for key, value in model.state_dict().items():
-        assert key.startswith("model.")
-        key = key[len("model."):]
-        if key.startswith("clip_model."):
-            official[OFFICIAL_SED_CLIP_PREFIX + key[len("clip_model."):]] = value.clone()
-        else:
-            official[OFFICIAL_SED_DECODER_PREFIX + official_sed_decoder_key(key[len("decoder."):])] = value.clone()
-    return official
-
-
 @pytest.fixture()
 def official_file(tmp_path):
     torch.manual_seed(123)
     source = _tiny_model()
     path = tmp_path / "model_final.pth"
     # As detectron2 saves it in the official code: model + training state.
-    torch.save({"model": _official_layout(source), "iteration": 79999}, path)
+    official = to_official_sed({key: value.clone() for key, value in source.state_dict().items()})
+    torch.save({"model": official, "iteration": 79999}, path)
     return source, path
 
 

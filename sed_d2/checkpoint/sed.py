@@ -1,4 +1,4 @@
-"""Conversion of official checkpoints to sed_d2 state_dicts (pure part: key maps only).
+"""The official SED checkpoint layout and its conversion to sed_d2 names (key maps only).
 
 Official SED (``xb534/SED``) keys live under ``sem_seg_head.predictor.``:
 
@@ -25,7 +25,6 @@ __all__ = [
     "SED_DECODER_RENAMES",
     "convert_official_sed_state_dict",
     "is_official_sed_state_dict",
-    "official_sed_decoder_key",
     "sed_decoder_key",
 ]
 
@@ -64,17 +63,18 @@ SED_DECODER_RENAMES: tuple[tuple[str, str], ...] = (
 
 
 @functools.lru_cache(maxsize=None)
-def _compile(template: str) -> re.Pattern[str]:
-    pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{n\}", r"(?P<n>\d+)")
-    if template.endswith("."):
+def _compile(official: str) -> re.Pattern[str]:
+    pattern = re.escape(official).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{n\}", r"(?P<n>\d+)")
+    if official.endswith("."):
         pattern += r"(?P<leaf>weight|bias)"
     return re.compile(pattern + "$")
 
 
-def _rename(key: str, source_index: int) -> str | None:
-    """Rename ``key`` from side ``source_index`` (0 = official, 1 = ours) to the other."""
-    for rule in SED_DECODER_RENAMES:
-        match = _compile(rule[source_index]).match(key)
+def sed_decoder_key(official_key: str) -> str | None:
+    """Our decoder parameter name for an official ``Aggregator`` name (without prefixes),
+    or ``None`` if it has none."""
+    for official, ours in SED_DECODER_RENAMES:
+        match = _compile(official).match(official_key)
         if match is None:
             continue
         groups = match.groupdict()
@@ -84,24 +84,12 @@ def _rename(key: str, source_index: int) -> str | None:
             index = int(groups["i"])
         else:
             index = None
-        if index is not None and index < 0:
-            return None
-        target = rule[1 - source_index]
         if index is not None:
-            target = target.replace("{i}", str(index)).replace("{n}", str(index + 1))
-        return target + (groups.get("leaf") or "")
+            if index < 0:
+                return None
+            ours = ours.replace("{i}", str(index))
+        return ours + (groups.get("leaf") or "")
     return None
-
-
-def sed_decoder_key(official_key: str) -> str | None:
-    """Our decoder parameter name for an official ``Aggregator`` name (without prefixes),
-    or ``None`` if it has none."""
-    return _rename(official_key, 0)
-
-
-def official_sed_decoder_key(key: str) -> str | None:
-    """Inverse of :func:`sed_decoder_key` (used to test the round trip)."""
-    return _rename(key, 1)
 
 
 def is_official_sed_state_dict(state_dict: Mapping[str, object]) -> bool:

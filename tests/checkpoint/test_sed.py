@@ -1,74 +1,55 @@
-import json
-from pathlib import Path
-
 import open_clip
 import pytest
 import torch
 
-from sed_d2.checkpoint import (
+from sed_d2.checkpoint.sed import (
     OFFICIAL_SED_CLIP_PREFIX,
     OFFICIAL_SED_DECODER_PREFIX,
     convert_official_sed_state_dict,
     is_official_sed_state_dict,
-    official_sed_decoder_key,
     sed_decoder_key,
 )
-from sed_d2.clip import build_clip_model
 from sed_d2.models import SEDModel, build_sed_decoder_for
-
-FIXTURE = Path(__file__).parent / "fixtures" / "official_sed_convnextB_keys_shapes.json"
-
-
-def _official_shapes():
-    return json.loads(FIXTURE.read_text())
-
-
-def _to_official(state_dict):
-    """Inverse map: a SEDModel state_dict in the official layout."""
-    official = {}
-    for key, value in state_dict.items():
-        if key.startswith("clip_model."):
-            official[OFFICIAL_SED_CLIP_PREFIX + key[len("clip_model."):]] = value
-        else:
-            official[OFFICIAL_SED_DECODER_PREFIX + official_sed_decoder_key(key[len("decoder."):])] = value
-    return official
+from tests.checkpoint.official_sed_layout import official_sed_shapes, to_official_sed
+from tests.helpers import tiny_clip
 
 
 def test_official_convnext_b_checkpoint_maps_onto_our_model():
-    official = _official_shapes()
+    official = official_sed_shapes()
     assert is_official_sed_state_dict(official)
     converted = convert_official_sed_state_dict(official)
     with torch.device("meta"):
         clip = open_clip.create_model("convnext_base_w_320", device="meta")
         model = SEDModel(clip, build_sed_decoder_for(clip, num_templates=80))
     ours = {"model." + key: list(value.shape) for key, value in model.state_dict().items()}
-    assert set(converted) == set(ours)  # no missing, no unexpected keys
-    assert {key: shape for key, shape in converted.items()} == ours
+    assert converted == ours  # no missing, no unexpected keys, the same shapes
     # the text tower is called `transformer` too: it must stay in the CLIP model
     text_key = OFFICIAL_SED_CLIP_PREFIX + "transformer.resblocks.0.ln_1.weight"
     assert text_key in official
     assert "model.clip_model.transformer.resblocks.0.ln_1.weight" in converted
 
 
-def test_decoder_rename_is_a_bijection_on_our_names():
-    official_decoder = [k[len(OFFICIAL_SED_DECODER_PREFIX):] for k in _official_shapes()
-                        if k.startswith(OFFICIAL_SED_DECODER_PREFIX)]
-    ours = [sed_decoder_key(k) for k in official_decoder]
+def test_decoder_rename_is_injective_and_names_what_it_should():
+    official_decoder = [key[len(OFFICIAL_SED_DECODER_PREFIX):] for key in official_sed_shapes()
+                        if key.startswith(OFFICIAL_SED_DECODER_PREFIX)]
+    ours = [sed_decoder_key(key) for key in official_decoder]
     assert None not in ours and len(set(ours)) == len(ours)
-    assert [official_sed_decoder_key(k) for k in ours] == official_decoder
     assert sed_decoder_key("decoder2.cnext.gamma") == "stages.1.spatial_block.layer_scale"
     assert sed_decoder_key("head0.weight") == "aux_heads.0.weight"
     assert sed_decoder_key("head.bias") == "head.bias"
     assert sed_decoder_key("decoder1.conv.double_conv.4.bias") == "stages.0.fusion.double_conv.norm2.bias"
+    assert sed_decoder_key("decoder0.up.weight") is None  # official stages count from 1
+    assert sed_decoder_key("head.running_mean") is None  # a module prefix takes weight/bias only
 
 
 def test_unknown_keys_raise_listing_them():
-    state_dict = {k: None for k in _official_shapes()}
+    state_dict = dict.fromkeys(official_sed_shapes())
     state_dict["sem_seg_head.predictor.transformer.text_guidance_projection.0.weight"] = None
     state_dict["backbone.clip_model.visual.trunk.stem.0.weight"] = None
     with pytest.raises(KeyError) as error:
         convert_official_sed_state_dict(state_dict)
     message = str(error.value)
+    assert "2 official SED key(s)" in message
     assert "text_guidance_projection" in message and "backbone.clip_model" in message
 
 
@@ -83,13 +64,14 @@ def test_is_official_sed_state_dict():
 
 def test_round_trip_on_the_tiny_model():
     torch.manual_seed(0)
-    clip = build_clip_model("sed_d2_tiny_convnext")
+    clip = tiny_clip(seed=0)
     source = SEDModel(clip, build_sed_decoder_for(clip, 4)).eval()
-    official = _to_official(source.state_dict())
+    official = to_official_sed(source.state_dict(), prefix="")
     assert is_official_sed_state_dict(official)
     torch.manual_seed(1)
-    clip = build_clip_model("sed_d2_tiny_convnext")
+    clip = tiny_clip(seed=1)
     target = SEDModel(clip, build_sed_decoder_for(clip, 4)).eval()
+    assert not torch.equal(target.decoder.head.weight, source.decoder.head.weight)
     target.load_state_dict(convert_official_sed_state_dict(official, prefix=""), strict=True)
     images, text = torch.randn(1, 3, 64, 64), torch.randn(3, 4, 64)
     with torch.no_grad():
