@@ -1,9 +1,12 @@
-"""Optimizer for the open-vocabulary methods: CLIP lr multiplier, weight-decay rules, clipping."""
+"""Optimizer for the open-vocabulary methods: per-group lr multipliers, weight-decay rules, clipping."""
+import functools
 import itertools
 from typing import Any, Dict, List
 
 import torch
 from torch import nn
+
+from ..models.parameter_groups import LR_MULTIPLIER_KEYS
 
 __all__ = ["build_optimizer", "build_param_groups"]
 
@@ -26,7 +29,7 @@ def _parameter_groups_of(model: nn.Module) -> Dict[str, str]:
     groups = getattr(model, "parameter_groups", None)
     if groups is None:
         raise AttributeError(
-            f"{type(model).__name__} has no 'parameter_groups' (name -> 'frozen'|'clip'|'decoder'); "
+            f"{type(model).__name__} has no 'parameter_groups' (parameter name -> group); "
             "every sed_d2 meta-architecture declares one"
         )
     return groups
@@ -35,7 +38,8 @@ def _parameter_groups_of(model: nn.Module) -> Dict[str, str]:
 def build_param_groups(cfg, model: nn.Module) -> List[Dict[str, Any]]:
     """Group trainable parameters by (learning rate, weight decay).
 
-    * lr: SOLVER.BASE_LR, times SOLVER.CLIP_MULTIPLIER for the method's "clip" group.
+    * lr: SOLVER.BASE_LR times the multiplier that ``LR_MULTIPLIER_KEYS`` names for the
+      parameter's group (SOLVER.CLIP_MULTIPLIER for "clip", none for "decoder").
     * weight decay: SOLVER.WEIGHT_DECAY, but SOLVER.WEIGHT_DECAY_NORM for parameters of
       normalisation layers and 0 for embeddings (frozen in every method anyway).
     Frozen parameters (requires_grad False) are left out.
@@ -53,8 +57,12 @@ def build_param_groups(cfg, model: nn.Module) -> List[Dict[str, Any]]:
             if group is None:
                 raise KeyError(f"parameter '{full_name}' is in no parameter group of the model")
             lr = cfg.SOLVER.BASE_LR
-            if group == "clip":
-                lr *= cfg.SOLVER.CLIP_MULTIPLIER
+            if group not in LR_MULTIPLIER_KEYS:
+                raise KeyError(f"trainable parameter '{full_name}' is in group {group!r}, which has no "
+                               "learning rate (sed_d2.models.parameter_groups.LR_MULTIPLIER_KEYS)")
+            multiplier_key = LR_MULTIPLIER_KEYS[group]
+            if multiplier_key is not None:
+                lr *= functools.reduce(getattr, multiplier_key.split("."), cfg)
             weight_decay = cfg.SOLVER.WEIGHT_DECAY
             if isinstance(module, _NORM_TYPES):
                 weight_decay = cfg.SOLVER.WEIGHT_DECAY_NORM

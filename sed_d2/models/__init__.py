@@ -1,10 +1,11 @@
 """Pure-PyTorch method implementations (tensors in, logits / losses out; no detectron2)."""
 
-from .parameter_groups import PARAMETER_GROUP_NAMES, assign_parameter_groups, match_parameter_groups
+from .parameter_groups import FROZEN_GROUP, LR_MULTIPLIER_KEYS, assign_parameter_groups, match_parameter_groups
 from .sed import SEDDecoder, SEDModel, SEDOutput, SEDStage, build_sed_decoder_for
 
 __all__ = [
-    "PARAMETER_GROUP_NAMES",
+    "FROZEN_GROUP",
+    "LR_MULTIPLIER_KEYS",
     "SEDDecoder",
     "SEDModel",
     "SEDOutput",

@@ -5,9 +5,12 @@ expression matched with :func:`re.match` against the full parameter name (so it 
 anchored at the start; end it with ``$`` for an exact name). The first matching row wins.
 Groups:
 
-* ``"frozen"``: ``requires_grad = False``, not given to the optimizer;
-* ``"clip"``: trainable, gets the CLIP learning-rate multiplier in the optimizer;
-* ``"decoder"``: trainable, base learning rate.
+* ``"frozen"`` (:data:`FROZEN_GROUP`): ``requires_grad = False``, not given to the optimizer;
+* every key of :data:`LR_MULTIPLIER_KEYS`: trainable, at ``SOLVER.BASE_LR`` times the config
+  value named there (``"clip"``: ``SOLVER.CLIP_MULTIPLIER``; ``"decoder"``: the base rate).
+
+A method that trains a part at its own rate (e.g. a ``"backbone"`` group) adds one entry to
+:data:`LR_MULTIPLIER_KEYS` and declares that config key.
 
 Every parameter must match a row: a parameter nobody thought about is an error, not a
 silent default.
@@ -20,9 +23,21 @@ from typing import Sequence
 
 from torch import nn
 
-__all__ = ["PARAMETER_GROUP_NAMES", "ParameterGroupTable", "assign_parameter_groups", "match_parameter_groups"]
+__all__ = [
+    "FROZEN_GROUP",
+    "LR_MULTIPLIER_KEYS",
+    "ParameterGroupTable",
+    "assign_parameter_groups",
+    "match_parameter_groups",
+]
 
-PARAMETER_GROUP_NAMES = ("frozen", "clip", "decoder")
+FROZEN_GROUP = "frozen"
+
+# Trainable group -> dotted config key of its learning-rate multiplier (None: 1, the base rate).
+LR_MULTIPLIER_KEYS: dict[str, str | None] = {
+    "clip": "SOLVER.CLIP_MULTIPLIER",
+    "decoder": None,
+}
 
 ParameterGroupTable = Sequence[tuple[str, str]]
 
@@ -37,9 +52,9 @@ def match_parameter_groups(module: nn.Module, table: ParameterGroupTable) -> dic
     """
     rules = []
     for pattern, group in table:
-        if group not in PARAMETER_GROUP_NAMES:
+        if group != FROZEN_GROUP and group not in LR_MULTIPLIER_KEYS:
             raise ValueError(f"unknown parameter group {group!r} for pattern {pattern!r}; "
-                             f"expected one of {PARAMETER_GROUP_NAMES}")
+                             f"expected one of {(FROZEN_GROUP, *LR_MULTIPLIER_KEYS)}")
         rules.append((re.compile(pattern), group))
     groups: dict[str, str] = {}
     unmatched = []
@@ -61,5 +76,5 @@ def assign_parameter_groups(module: nn.Module, table: ParameterGroupTable) -> di
     ``False`` for ``"frozen"`` and ``True`` otherwise, and return ``{name: group}``."""
     groups = match_parameter_groups(module, table)
     for name, parameter in module.named_parameters():
-        parameter.requires_grad_(groups[name] != "frozen")
+        parameter.requires_grad_(groups[name] != FROZEN_GROUP)
     return groups

@@ -1,4 +1,6 @@
 """Optimizer: CLIP learning-rate multiplier, weight-decay rules, full-model clipping."""
+import hashlib
+
 import pytest
 import torch
 
@@ -67,3 +69,63 @@ def test_unknown_optimizer_is_refused(cfg_and_model):
     cfg.SOLVER.OPTIMIZER = "LAMB"
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
         build_optimizer(cfg, model)
+
+
+def _group_summary(model, groups):
+    """(name, lr, weight decay, count, sha1 of the parameter names in order) per group."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    summary = []
+    for group in groups:
+        params = "\n".join(names[id(p)] for p in group["params"])
+        digest = hashlib.sha1(params.encode()).hexdigest()[:12]
+        summary.append((group["name"], group["lr"], group["weight_decay"], len(group["params"]), digest))
+    return summary
+
+
+def test_sed_param_groups_are_those_of_8e651e6(cfg_and_model):
+    """Order, learning rates, weight decays and members of SED's groups as commit 8e651e6 built
+    them (before the group -> multiplier table), on the convnextB_768 recipe."""
+    from sed_d2.engine import build_param_groups
+
+    cfg, model = cfg_and_model
+    assert _group_summary(model, build_param_groups(cfg, model)) == [
+        ("clip/wd=0.0001", 2.0000000000000003e-06, 0.0001, 72, "3a3ee92b3083"),
+        ("clip/wd=0", 2.0000000000000003e-06, 0.0, 28, "8b090ebea619"),
+        ("decoder/wd=0.0001", 0.0002, 0.0001, 85, "42879817d7e5"),
+        ("decoder/wd=0", 0.0002, 0.0, 30, "6eb3ce22e765"),
+    ]
+
+
+def test_a_new_group_is_one_table_entry_and_one_config_key(monkeypatch):
+    from torch import nn
+
+    from sed_d2.engine import build_param_groups
+    from sed_d2.models import LR_MULTIPLIER_KEYS, assign_parameter_groups
+
+    monkeypatch.setitem(LR_MULTIPLIER_KEYS, "backbone", "SOLVER.BACKBONE_MULTIPLIER")
+    cfg = tiny_cfg("configs/sed/convnextB_768.yaml")
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    model = nn.Module()
+    model.backbone = nn.Linear(2, 2)
+    model.clip = nn.Linear(2, 2)
+    model.head = nn.Linear(2, 1)
+    model.parameter_groups = assign_parameter_groups(
+        model, ((r"backbone\.", "backbone"), (r"clip\.", "clip"), (r"head\.", "decoder"))
+    )
+    lrs = {group["name"]: group["lr"] for group in build_param_groups(cfg, model)}
+    assert lrs == {
+        "backbone/wd=0.0001": 0.0002 * 0.1,
+        "clip/wd=0.0001": 0.0002 * 0.01,
+        "decoder/wd=0.0001": 0.0002,
+    }
+
+
+def test_a_trainable_parameter_of_a_group_without_a_rate_is_refused():
+    from torch import nn
+
+    from sed_d2.engine import build_param_groups
+
+    model = nn.Linear(2, 2)
+    model.parameter_groups = {"weight": "frozen", "bias": "decoder"}  # "frozen" yet trainable
+    with pytest.raises(KeyError, match="'weight' is in group 'frozen', which has no learning rate"):
+        build_param_groups(tiny_cfg("configs/sed/convnextB_768.yaml"), model)

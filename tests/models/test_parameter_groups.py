@@ -1,8 +1,14 @@
 import pytest
 from torch import nn
 
-from sed_d2.clip import build_clip_model
-from sed_d2.models import SEDModel, assign_parameter_groups, build_sed_decoder_for, match_parameter_groups
+from sed_d2.models import (
+    LR_MULTIPLIER_KEYS,
+    SEDModel,
+    assign_parameter_groups,
+    build_sed_decoder_for,
+    match_parameter_groups,
+)
+from tests.helpers import tiny_clip
 
 
 def _toy():
@@ -45,13 +51,19 @@ def test_unmatched_parameter_is_an_error_naming_it():
 
 
 def test_unknown_group_is_an_error():
-    with pytest.raises(ValueError, match="unknown parameter group 'encoder'"):
+    with pytest.raises(ValueError, match=r"unknown parameter group 'encoder'.*\('frozen', 'clip', 'decoder'\)"):
         assign_parameter_groups(_toy(), ((r"", "encoder"),))
+
+
+def test_a_group_with_a_multiplier_entry_is_known(monkeypatch):
+    monkeypatch.setitem(LR_MULTIPLIER_KEYS, "backbone", "SOLVER.BACKBONE_MULTIPLIER")
+    groups = assign_parameter_groups(_toy(), ((r"backbone\.", "backbone"), (r"head\.", "decoder")))
+    assert groups["backbone.1.weight"] == "backbone" and groups["head.bias"] == "decoder"
 
 
 @pytest.mark.parametrize("clip_finetune", ["full", "frozen"])
 def test_sed_tables(clip_finetune):
-    clip = build_clip_model("sed_d2_tiny_convnext")
+    clip = tiny_clip()
     model = SEDModel(clip, build_sed_decoder_for(clip, 4), clip_finetune=clip_finetune)
     groups = model.parameter_groups
     assert set(groups) == {name for name, _ in model.named_parameters()}
