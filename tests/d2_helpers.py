@@ -1,41 +1,66 @@
-"""Helpers for the detectron2 integration tests: tiny configs and the train_net entry point."""
+"""Helpers for the detectron2 integration tests: CPU-sized configs and the tools as modules."""
+from __future__ import annotations
+
 import importlib.util
 import os
 
+import yaml
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Overrides that turn any shipped SED config into a CPU-sized one: tiny random-init CLIP,
-# the built-in synthetic dataset, small crops, no worker processes.
-TINY_OVERRIDES = [
+# Nodes of a method's configs/<m>/tiny.yaml swapped into any config of that method: its tiny,
+# download-free CLIP (model, weights, prompts) and the built-in synthetic datasets.
+TINY_NODES = ("MODEL.OVSEG", "DATASETS")
+
+# The same for every method: this machine (CPU, no worker processes, no periodic evaluation)
+# and test-sized images and batches at a fixed seed.
+CPU_TEST_OVERRIDES = [
     "MODEL.DEVICE", "cpu",
-    "MODEL.OVSEG.CLIP_MODEL", "sed_d2_tiny_convnext",
-    "MODEL.OVSEG.CLIP_PRETRAINED", "",
+    "DATALOADER.NUM_WORKERS", "0",
+    "TEST.EVAL_PERIOD", "0",
     "MODEL.OVSEG.CLIP_RESOLUTION", "(64, 64)",
-    "MODEL.OVSEG.PROMPT_TEMPLATES", "imagenet_select",
-    "DATASETS.TRAIN", "('sed_d2_synthetic_train',)",
-    "DATASETS.TEST", "('sed_d2_synthetic_val',)",
     "INPUT.MIN_SIZE_TRAIN", "(64,)",
     "INPUT.MAX_SIZE_TRAIN", "128",
     "INPUT.MIN_SIZE_TEST", "64",
     "INPUT.MAX_SIZE_TEST", "128",
     "INPUT.CROP.SIZE", "(64, 64)",
     "SOLVER.IMS_PER_BATCH", "2",
-    "DATALOADER.NUM_WORKERS", "0",
-    "TEST.EVAL_PERIOD", "0",
     "SEED", "7",
 ]
 
 
-def tiny_cfg(config_file: str, *extra):
-    from detectron2.config import get_cfg
+def _flatten(node: dict, prefix: str) -> list:
+    opts = []
+    for key, value in node.items():
+        if isinstance(value, dict):
+            opts += _flatten(value, f"{prefix}{key}.")
+        else:
+            # As a command line has them (train_net argv), read back by yacs' literal_eval.
+            opts += [f"{prefix}{key}", value if isinstance(value, str) else repr(value)]
+    return opts
 
-    from sed_d2.config import add_sed_d2_config
 
-    cfg = get_cfg()
-    add_sed_d2_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, config_file))
-    cfg.merge_from_list(TINY_OVERRIDES + list(extra))
-    return cfg
+def tiny_opts_for(config_file: str) -> list:
+    """``KEY VALUE ...`` overrides that turn ``config_file`` (relative to the repository) into a
+    CPU-sized run: the :data:`TINY_NODES` that its method's ``tiny.yaml`` (the one in the same
+    folder) sets itself, then :data:`CPU_TEST_OVERRIDES`."""
+    tiny_file = os.path.join(ROOT, os.path.dirname(config_file), "tiny.yaml")
+    with open(tiny_file) as f:
+        own_layer = yaml.safe_load(f)  # its own keys, not those of its _BASE_
+    opts = []
+    for node_name in TINY_NODES:
+        node = own_layer
+        for part in node_name.split("."):
+            node = node.get(part, {})
+        opts += _flatten(node, node_name + ".")
+    return opts + CPU_TEST_OVERRIDES
+
+
+def tiny_cfg_for(config_file: str, *extra):
+    """``config_file`` (relative to the repository) with :func:`tiny_opts_for`, then ``extra``."""
+    from sed_d2.config import get_cfg
+
+    return get_cfg(os.path.join(ROOT, config_file), tiny_opts_for(config_file) + list(extra))
 
 
 def load_tool(name: str):

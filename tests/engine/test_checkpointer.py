@@ -6,7 +6,7 @@ import torch
 
 from tests.checkpoint.official_sed_layout import to_official_sed
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import load_tool, tiny_cfg
+from tests.d2_helpers import load_tool, tiny_cfg_for
 
 pytestmark = requires_detectron2
 
@@ -16,7 +16,7 @@ def _tiny_model():
 
     import sed_d2  # noqa: F401
 
-    return build_model(tiny_cfg("configs/sed/tiny.yaml"))
+    return build_model(tiny_cfg_for("configs/sed/tiny.yaml"))
 
 
 @pytest.fixture()

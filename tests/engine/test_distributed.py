@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import ROOT, TINY_OVERRIDES
+from tests.d2_helpers import ROOT, tiny_opts_for
 
 pytestmark = requires_detectron2
 
@@ -21,7 +21,7 @@ pytestmark = requires_detectron2
 def _train_net(output_dir, num_procs, *extra, flags=()):
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), *flags,
            "--config-file", os.path.join(ROOT, "configs/sed/tiny.yaml"),
-           "--num-gpus", str(num_procs), *TINY_OVERRIDES,
+           "--num-gpus", str(num_procs), *tiny_opts_for("configs/sed/tiny.yaml"),
            "OUTPUT_DIR", str(output_dir), *extra]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import tiny_cfg
+from tests.d2_helpers import tiny_cfg_for
 
 pytestmark = requires_detectron2
 
@@ -16,7 +16,7 @@ def cfg_and_model():
 
     import sed_d2  # noqa: F401
 
-    cfg = tiny_cfg("configs/sed/convnextB_768.yaml")
+    cfg = tiny_cfg_for("configs/sed/convnextB_768.yaml")
     return cfg, build_model(cfg)
 
 
@@ -103,7 +103,7 @@ def test_a_new_group_is_one_table_entry_and_one_config_key(monkeypatch):
     from sed_d2.models import LR_MULTIPLIER_KEYS, assign_parameter_groups
 
     monkeypatch.setitem(LR_MULTIPLIER_KEYS, "backbone", "SOLVER.BACKBONE_MULTIPLIER")
-    cfg = tiny_cfg("configs/sed/convnextB_768.yaml")
+    cfg = tiny_cfg_for("configs/sed/convnextB_768.yaml")
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     model = nn.Module()
     model.backbone = nn.Linear(2, 2)
@@ -128,4 +128,4 @@ def test_a_trainable_parameter_of_a_group_without_a_rate_is_refused():
     model = nn.Linear(2, 2)
     model.parameter_groups = {"weight": "frozen", "bias": "decoder"}  # "frozen" yet trainable
     with pytest.raises(KeyError, match="'weight' is in group 'frozen', which has no learning rate"):
-        build_param_groups(tiny_cfg("configs/sed/convnextB_768.yaml"), model)
+        build_param_groups(tiny_cfg_for("configs/sed/convnextB_768.yaml"), model)

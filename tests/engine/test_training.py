@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import TINY_OVERRIDES, load_tool
+from tests.d2_helpers import load_tool, tiny_opts_for
 
 pytestmark = requires_detectron2
 
@@ -22,7 +22,7 @@ def _run(config_file, output_dir, *extra, eval_only=False, resume=False):
         argv.append("--eval-only")
     if resume:
         argv.append("--resume")
-    argv += TINY_OVERRIDES + ["OUTPUT_DIR", str(output_dir), *extra]
+    argv += tiny_opts_for(config_file) + ["OUTPUT_DIR", str(output_dir), *extra]
     return train_net.main(default_argument_parser().parse_args(argv))
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import tiny_cfg
+from tests.d2_helpers import tiny_cfg_for
 
 pytestmark = requires_detectron2
 
@@ -16,7 +16,7 @@ def _build(config_file, *extra):
     import sed_d2  # noqa: F401
 
     torch.manual_seed(0)
-    return build_model(tiny_cfg(config_file, *extra))
+    return build_model(tiny_cfg_for(config_file, *extra))
 
 
 def _inputs(sizes, with_labels=False, num_classes=8):
