@@ -25,6 +25,8 @@ def add_ovseg_config(cfg: CN) -> None:
     cfg.MODEL.OVSEG.CLIP_RESOLUTION = (768, 768)
     # Prompt template set: "imagenet" (80, kept as separate channels), "imagenet_select", "single".
     cfg.MODEL.OVSEG.PROMPT_TEMPLATES = "imagenet"
+    # Synonyms in one class name ("a, b"): "mean" of their embeddings (SED) or the "first" only (CAT-Seg).
+    cfg.MODEL.OVSEG.SYNONYM_RULE = "mean"
     # Autocast dtype of the training forward: "fp32" (off) or "bf16".
     cfg.MODEL.OVSEG.TRAIN_PRECISION = "fp32"
     # Autocast dtype of inference: "fp32" (off, exact) or "bf16".

@@ -69,6 +69,7 @@ class OpenVocabSegmentor(nn.Module):
         train_precision: str = "fp32",
         test_precision: str = "fp32",
         cuda_graphs: bool = False,
+        synonym_rule: str = "mean",
     ):
         """
         Args:
@@ -81,12 +82,15 @@ class OpenVocabSegmentor(nn.Module):
             train_precision, test_precision: "fp32" or "bf16" autocast.
             cuda_graphs: at inference on CUDA, replay the network from CUDA graphs
                 (:meth:`run_network`).
+            synonym_rule: how synonyms in one class name are embedded, ``"mean"`` or
+                ``"first"`` (:class:`sed_d2.clip.TextEncoder`).
         """
         super().__init__()
         self.register_buffer("pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(clip_pixel_std).view(-1, 1, 1), False)
         self.clip_resolution = tuple(int(s) for s in clip_resolution)
         self.templates = get_templates(prompt_templates)
+        self.synonym_rule = synonym_rule
         self.train_vocabulary = (
             list(validate_vocabulary(train_vocabulary)) if train_vocabulary is not None else None
         )
@@ -110,7 +114,7 @@ class OpenVocabSegmentor(nn.Module):
         # Built on first use: the CLIP model exists only after the subclass __init__.
         if self._text_encoder is None:
             # It hooks the CLIP model so that loading weights clears its cache.
-            self._text_encoder = TextEncoder(self.clip_model, self.templates)
+            self._text_encoder = TextEncoder(self.clip_model, self.templates, synonym_rule=self.synonym_rule)
         return self._text_encoder
 
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
@@ -248,4 +252,5 @@ def base_arguments_from_config(cfg) -> dict:
         "train_precision": ovseg.TRAIN_PRECISION,
         "test_precision": ovseg.TEST_PRECISION,
         "cuda_graphs": ovseg.CUDA_GRAPHS,
+        "synonym_rule": ovseg.SYNONYM_RULE,
     }
