@@ -41,7 +41,6 @@ setup(
         "Pillow>=9.0",
         "numpy",
         "scipy",  # .mat labels of Pascal-Context-459
-        "einops",
         "ftfy",
         "regex",
         "tqdm",

@@ -6,14 +6,9 @@ The pure-PyTorch parts (``sed_d2.clip``, ``sed_d2.layers``, ``sed_d2.losses``,
 """
 __version__ = "0.1.0"
 
-try:
-    import detectron2  # noqa: F401
-except ImportError:  # pure-PyTorch use: models/, layers/, clip/ still work
-    _HAS_DETECTRON2 = False
-else:
-    _HAS_DETECTRON2 = True
+from .utils.optional_dependencies import HAS_DETECTRON2
 
-if _HAS_DETECTRON2:
+if HAS_DETECTRON2:
     from . import data  # noqa: F401  (registration only: datasets)
     from . import meta_arch  # noqa: F401  (registration only: META_ARCH_REGISTRY)
     from .config import add_sed_d2_config  # noqa: F401

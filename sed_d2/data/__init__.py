@@ -3,12 +3,9 @@
 Registration needs detectron2; without it (e.g. a prepare script on a bare machine) this
 package still imports and only the registration is skipped.
 """
+from ..utils.optional_dependencies import HAS_DETECTRON2
 from . import datasets  # noqa: F401  (registration only)
 from .synthetic import register_synthetic_datasets
 
-try:
-    import detectron2  # noqa: F401
-except ImportError:
-    pass
-else:
+if HAS_DETECTRON2:
     register_synthetic_datasets()

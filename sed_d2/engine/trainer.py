@@ -1,5 +1,6 @@
 """``Trainer``: detectron2's DefaultTrainer wired for the open-vocabulary methods."""
 import logging
+import os
 import weakref
 from collections import OrderedDict
 
@@ -7,7 +8,6 @@ from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer, create_ddp_model
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import inference_on_dataset, print_csv_format
-from detectron2.solver import build_lr_scheduler
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
@@ -91,8 +91,6 @@ class Trainer(DefaultTrainer):
 
     def build_writers(self):
         # detectron2's default writers include TensorBoard, which is optional here.
-        import os
-
         from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 
         writers = [
@@ -110,10 +108,6 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_optimizer(cfg, model)
-
-    @classmethod
-    def build_lr_scheduler(cls, cfg, optimizer):
-        return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

@@ -7,12 +7,7 @@ catalog to register into); the loaders (``sem_seg_loader``, ``cc12m``) and the c
 (``builtin_meta``) work without it.
 """
 
-try:
-    import detectron2.data  # noqa: F401
-except ImportError:
-    _HAS_DETECTRON2 = False
-else:
-    _HAS_DETECTRON2 = True
+from ...utils.optional_dependencies import HAS_DETECTRON2
 
-if _HAS_DETECTRON2:
+if HAS_DETECTRON2:
     from . import builtin  # noqa: F401  (registration only)

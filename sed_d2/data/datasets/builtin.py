@@ -101,7 +101,6 @@ __all__ = [
     "SemSegDataset",
     "SEM_SEG_DATASETS",
     "CC12M_DATASET_NAME",
-    "get_sem_seg_dataset",
     "register_all_datasets",
 ]
 
@@ -390,16 +389,6 @@ SEM_SEG_DATASETS: Tuple[SemSegDataset, ...] = (
 
 CC12M_DATASET_NAME = "cc12m_train"
 _CC12M_PREPARE = _PREPARE + "prepare_cc12m.py"
-
-
-def get_sem_seg_dataset(name: str) -> SemSegDataset:
-    for dataset in SEM_SEG_DATASETS:
-        if dataset.name == name:
-            return dataset
-    raise KeyError(
-        f"{name!r} is not a sed_d2 semantic-segmentation dataset; known: "
-        f"{', '.join(d.name for d in SEM_SEG_DATASETS)}"
-    )
 
 
 def _already_registered(name: str, prepare_script: str) -> bool:
