@@ -67,6 +67,33 @@ def test_voc_background_clamp(tmp_path):
     assert m["mIoU"] == 100.0 and "IoU-background" in m and "IoU-sky" not in m
 
 
+def test_voc_background_clamp_counts_every_proxy_as_background_golden(tmp_path):
+    from sed_d2.engine.evaluation import build_sem_seg_evaluator
+
+    gt = [[0, 2, 2, 2]]  # cat, then background (label 2 = background_index)
+    pred = [[3, 2, 0, 4]]  # proxies 3 and 4 (sky, wall) are background
+    name = _register(
+        tmp_path, [gt], ["cat", "dog", "sky", "wall", "floor"], evaluator_type="sem_seg_background",
+        background_index=2,
+    )
+    evaluator = build_sem_seg_evaluator(name)
+    evaluator._distributed = False
+    m = _evaluate(evaluator, [pred], 5)
+    # clamped pred [2, 2, 0, 2]: cat TP 0 of GT 1 + PRED 1; background TP 2, GT 3, PRED 3
+    assert m["IoU-cat"] == 0.0 and m["IoU-background"] == pytest.approx(50.0)
+    assert sorted(k for k in m if k.startswith("IoU-")) == ["IoU-background", "IoU-cat", "IoU-dog"]
+    assert m["pACC"] == pytest.approx(50.0)
+    assert np.isnan(m["IoU-dog"]) and m["mIoU"] == pytest.approx(25.0)  # dog: in neither map
+
+
+def test_background_evaluator_needs_the_background_index(tmp_path):
+    from sed_d2.engine.evaluation import build_sem_seg_evaluator
+
+    name = _register(tmp_path, [[[0, 1]]], ["cat", "sky"], evaluator_type="sem_seg_background")
+    with pytest.raises(KeyError, match=f"'{name}' is 'sem_seg_background' without 'background_index'"):
+        build_sem_seg_evaluator(name)
+
+
 def test_out_of_range_label_is_an_error_naming_the_file(tmp_path):
     from sed_d2.engine.evaluation import OpenVocabSemSegEvaluator
 
