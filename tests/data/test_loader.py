@@ -79,10 +79,9 @@ def test_samples_depend_on_position_only_and_leave_the_callers_rng_alone():
 
 
 def test_batch_not_divisible_by_processes_is_refused(monkeypatch):
+    import sed_d2  # noqa: F401  (registers the synthetic dataset)
     from sed_d2.data import loader
     from tests.d2_helpers import tiny_cfg_for
-
-    import sed_d2  # noqa: F401  (registers the synthetic dataset)
 
     monkeypatch.setattr(loader.comm, "get_world_size", lambda: 2)
     cfg = tiny_cfg_for("configs/sed/tiny.yaml", "SOLVER.IMS_PER_BATCH", "3")
@@ -93,10 +92,9 @@ def test_batch_not_divisible_by_processes_is_refused(monkeypatch):
 def test_loader_batches_follow_the_stream():
     from detectron2.data import get_detection_dataset_dicts
 
+    import sed_d2  # noqa: F401  (registers the synthetic dataset)
     from sed_d2.data.loader import ResumableTrainingSampler, build_resumable_train_loader
     from tests.d2_helpers import tiny_cfg_for
-
-    import sed_d2  # noqa: F401  (registers the synthetic dataset)
 
     cfg = tiny_cfg_for("configs/sed/tiny.yaml", "SOLVER.IMS_PER_BATCH", "2")
     loader, _ = build_resumable_train_loader(cfg, lambda record: record["file_name"])
