@@ -2,12 +2,13 @@
 
 - ``build_clip_model``: an open_clip model by architecture name, weights from an
   open_clip tag or a local file (``build.py``).
-- ``convnext_dense_features`` / ``dense_feature_channels``: multi-scale ConvNeXt features
-  and the per-pixel CLIP embedding, computed with the stock modules' parameters; the
-  trunk's blocks take the decoder's fast ConvNeXt block path where that is exact (``dense.py``).
-- ``vit_dense_features`` / ``vit_dense_feature_channels`` / ``vit_dense_feature_strides``:
-  CAT-Seg's dense ViT features (value-path last block, intermediate-layer taps, per-forward
-  bicubic positional-embedding resize) around the stock open_clip ViT (``dense_vit.py``).
+- ``dense_features`` / ``dense_feature_channels`` / ``dense_feature_strides``: dense image
+  features of either tower family (``dense/``), computed with the stock modules' parameters:
+  ``convnext_dense_features``: multi-scale ConvNeXt features and the per-pixel CLIP
+  embedding, the trunk's blocks on the decoder's fast ConvNeXt block path where that is
+  exact (``dense/convnext.py``); ``vit_dense_features``: CAT-Seg's dense ViT features
+  (value-path last block, intermediate-layer taps, per-forward bicubic positional-embedding
+  resize) (``dense/vit.py``).
 - ``apply_clip_finetune`` / ``keep_frozen_rows``: what of CLIP trains (``"attention"``: the
   q and v rows of the fused attention projections of both towers, k rows kept exactly;
   ``"full"``; ``"frozen"``) (``finetune.py``).
@@ -21,14 +22,15 @@ with open_clip, so ``open_clip.create_model("sed_d2_tiny_convnext")`` works too
 
 from .build import build_clip_model, register_model_configs
 from .dense import (
-    DENSE_FEATURE_NAMES,
+    CONVNEXT_FEATURE_NAMES,
+    VIT_CLS_SOURCES,
+    convnext_dense_feature_channels,
+    convnext_dense_feature_strides,
     convnext_dense_features,
     convnext_fast_path_applies,
     dense_feature_channels,
     dense_feature_strides,
-)
-from .dense_vit import (
-    VIT_CLS_SOURCES,
+    dense_features,
     resized_positional_embedding,
     vit_dense_feature_channels,
     vit_dense_feature_strides,
@@ -48,11 +50,14 @@ register_model_configs()
 __all__ = [
     "build_clip_model",
     "register_model_configs",
-    "DENSE_FEATURE_NAMES",
+    "CONVNEXT_FEATURE_NAMES",
+    "convnext_dense_feature_channels",
+    "convnext_dense_feature_strides",
     "convnext_dense_features",
     "convnext_fast_path_applies",
     "dense_feature_channels",
     "dense_feature_strides",
+    "dense_features",
     "VIT_CLS_SOURCES",
     "resized_positional_embedding",
     "vit_dense_feature_channels",

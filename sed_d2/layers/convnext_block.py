@@ -68,7 +68,7 @@ def convnext_block_forward(
     """``x + layer_scale * fc2(gelu(fc1(norm(depthwise_conv(x)))))`` for ``x`` ``(N, C, H, W)``.
 
     The ConvNeXt V1 block computation, shared by :class:`ConvNeXtBlock` and the timm
-    ConvNeXt trunk (:mod:`sed_d2.clip.dense`). Only the parameters of the modules are
+    ConvNeXt trunk (:mod:`sed_d2.clip.dense.convnext`). Only the parameters of the modules are
     used: ``depthwise_conv`` must be a "same" stride-1 depthwise convolution (odd ``k``,
     padding ``k // 2``), ``norm`` a LayerNorm over ``C``. ``layer_scale`` ``None`` means
     no layer scale; ``gelu_approximate`` is ``F.gelu``'s ``approximate`` (timm's

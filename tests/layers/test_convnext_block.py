@@ -48,7 +48,7 @@ def test_forward_matches_formula():
 @pytest.mark.parametrize("act, approximate", [("gelu", "none"), ("gelu_tanh", "tanh")])
 @pytest.mark.parametrize("layer_scale", [0.7, None])
 def test_shared_forward_equals_timm_convnext_block(act, approximate, layer_scale):
-    # convnext_block_forward also runs the CLIP image trunk (sed_d2.clip.dense): it must be
+    # convnext_block_forward also runs the CLIP image trunk (sed_d2.clip.dense.convnext): it must be
     # timm's block, for both GELU variants and with or without layer scale.
     torch.manual_seed(3)
     block = TimmConvNeXtBlock(8, kernel_size=5, ls_init_value=layer_scale, act_layer=act).double()

@@ -7,13 +7,9 @@ from open_clip.transformer import VisionTransformer
 from timm.layers import DropPath
 from torch import nn
 
-from sed_d2.clip import (
-    convnext_dense_features,
-    convnext_fast_path_applies,
-    dense_feature_channels,
-    dense_feature_strides,
-)
-from sed_d2.clip import dense as dense_module
+from sed_d2.clip import convnext_dense_features, convnext_fast_path_applies
+from sed_d2.clip.dense import convnext as dense_module
+from sed_d2.clip.dense import convnext_dense_feature_channels, convnext_dense_feature_strides
 from tests.helpers import run_in_triton_interpreter, tiny_clip
 
 
@@ -33,8 +29,8 @@ def test_shapes_channels_and_strides(clip_name):
     visual = tiny_clip(clip_name).visual
     images = torch.randn(2, 3, 64, 96)
     features = convnext_dense_features(visual, images)
-    assert dense_feature_channels(visual) == TINY_CHANNELS[clip_name]
-    assert dense_feature_strides(visual) == STRIDES
+    assert convnext_dense_feature_channels(visual) == TINY_CHANNELS[clip_name]
+    assert convnext_dense_feature_strides(visual) == STRIDES
     assert list(features) == list(STRIDES)
     for name, feature in features.items():
         stride = STRIDES[name]
@@ -82,8 +78,8 @@ def test_rejects_towers_without_a_convnext_trunk():
     with pytest.raises(TypeError, match="clip_model.visual"):
         convnext_dense_features(clip, torch.randn(1, 3, 32, 32))
     vit = VisionTransformer(image_size=32, patch_size=16, width=32, layers=1, heads=2, mlp_ratio=2, output_dim=16)
-    with pytest.raises(TypeError, match="ViT"):
-        dense_feature_channels(vit)
+    with pytest.raises(TypeError, match="ViT towers: sed_d2.clip.vit_dense_features"):
+        convnext_dense_feature_channels(vit)
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -94,8 +90,8 @@ def test_channels_of_the_real_sed_backbones(name, expected):
     # Built on the meta device: module structure without memory or init time.
     with torch.device("meta"):
         model = open_clip.create_model(name, device="meta")
-    assert dense_feature_channels(model.visual) == expected
-    assert dense_feature_strides(model.visual) == STRIDES
+    assert convnext_dense_feature_channels(model.visual) == expected
+    assert convnext_dense_feature_strides(model.visual) == STRIDES
 
 
 # --------------------------------------------------------------------------- fast trunk path

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sed_d2.clip.dense_vit import (
+from sed_d2.clip.dense.vit import (
     resized_positional_embedding,
     vit_dense_feature_channels,
     vit_dense_feature_strides,

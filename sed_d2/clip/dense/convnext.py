@@ -1,4 +1,4 @@
-"""Dense (per-pixel) image features from an unmodified open_clip vision tower.
+"""Dense (per-pixel) image features from an unmodified open_clip ConvNeXt tower (SED).
 
 The official SED code patches open_clip's ``TimmModel.forward`` to return the ConvNeXt
 stage outputs plus the CLIP image-projection head applied at every pixel of the last
@@ -12,10 +12,9 @@ autocast). It issues more small ops than timm's modules, so it pays where the GP
 than the kernel launches is the bottleneck (training batches); ``fast=False`` runs timm's
 modules.
 
-ConvNeXt towers (open_clip ``TimmModel`` around a timm ``ConvNeXt``) are supported now.
-ViT towers (intermediate layers, dense last layer, position-embedding resize) will get
-their own ``vit_*`` functions in this module; ``convnext_dense_features`` refuses them
-with a TypeError instead of guessing.
+ConvNeXt towers only (open_clip ``TimmModel`` around a timm ``ConvNeXt``); ViT towers have
+their own functions in :mod:`sed_d2.clip.dense.vit`, and ``convnext_dense_features``
+refuses them with a TypeError instead of guessing.
 """
 
 from __future__ import annotations
@@ -27,20 +26,20 @@ from timm.layers import Mlp as TimmMlp
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock, ConvNeXtStage
 from torch import nn
 
-from ..layers.convnext_block import convnext_block_forward
-from ..layers.norms import layer_norm
+from ...layers.convnext_block import convnext_block_forward
+from ...layers.norms import layer_norm
 
 __all__ = [
-    "DENSE_FEATURE_NAMES",
+    "CONVNEXT_FEATURE_NAMES",
+    "convnext_dense_feature_channels",
+    "convnext_dense_feature_strides",
     "convnext_dense_features",
     "convnext_fast_path_applies",
-    "dense_feature_channels",
-    "dense_feature_strides",
 ]
 
 # Keys of the dicts returned below, in increasing stride order.
-DENSE_FEATURE_NAMES = ("res2", "res3", "res4", "res5", "clip_vis_dense")
-_STAGE_NAMES = DENSE_FEATURE_NAMES[:4]
+CONVNEXT_FEATURE_NAMES = ("res2", "res3", "res4", "res5", "clip_vis_dense")
+_STAGE_NAMES = CONVNEXT_FEATURE_NAMES[:4]
 
 
 def convnext_dense_features(
@@ -93,7 +92,7 @@ def convnext_fast_path_applies(visual: nn.Module) -> bool:
     return _fast_path_applies(_convnext_trunk(visual))
 
 
-def dense_feature_channels(visual: nn.Module) -> dict[str, int]:
+def convnext_dense_feature_channels(visual: nn.Module) -> dict[str, int]:
     """Channel count of each output of ``convnext_dense_features``, read off the modules.
 
     E.g. ``convnext_base_w_320``: res2..res5 = 128/256/512/1024, clip_vis_dense = 640.
@@ -106,7 +105,7 @@ def dense_feature_channels(visual: nn.Module) -> dict[str, int]:
     return channels
 
 
-def dense_feature_strides(visual: nn.Module) -> dict[str, int]:
+def convnext_dense_feature_strides(visual: nn.Module) -> dict[str, int]:
     """Stride (input pixels per feature pixel) of each output of ``convnext_dense_features``."""
     trunk = _convnext_trunk(visual)
     strides = dict(zip(_STAGE_NAMES, (info["reduction"] for info in trunk.feature_info)))
@@ -123,7 +122,7 @@ def _convnext_trunk(visual: nn.Module) -> ConvNeXt:
         hint = " (pass clip_model.visual, not the whole CLIP model)" if hasattr(visual, "visual") else ""
         raise TypeError(
             "convnext_dense_features needs an open_clip TimmModel wrapping a timm ConvNeXt trunk, "
-            f"got {type(visual).__name__}{hint}. ViT towers are not supported by this function."
+            f"got {type(visual).__name__}{hint}. ViT towers: sed_d2.clip.vit_dense_features."
         )
     if "pool" in visual.head._modules:
         # timm_pool abs_attn/rot_attn: the projection is an attention pool over all
