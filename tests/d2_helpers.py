@@ -1,12 +1,18 @@
 """Helpers for the detectron2 integration tests: CPU-sized configs and the tools as modules."""
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Every config file shipped under configs/ (bases included), relative to ROOT.
+SHIPPED_CONFIGS = sorted(
+    os.path.relpath(path, ROOT) for path in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
+)
 
 # Nodes of a method's configs/<m>/tiny.yaml swapped into any config of that method: its tiny,
 # download-free CLIP (model, weights, prompts) and the built-in synthetic datasets.
