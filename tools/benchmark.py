@@ -79,7 +79,7 @@ sys.path.insert(0, ROOT)
 
 import sed_d2  # noqa: E402,F401  (registers meta-architectures and datasets)
 from sed_d2.config import add_sed_d2_config  # noqa: E402
-from sed_d2.meta_arch import vocabulary_of  # noqa: E402
+from sed_d2.data.vocabulary import vocabulary_of  # noqa: E402
 
 logger = logging.getLogger("sed_d2.benchmark")
 
@@ -274,10 +274,10 @@ def run_inference_case(model, timer, args, vocab, precision, batch, cer_keep, ge
     text = set_vocabulary(model, vocab["classes"])
     inputs = synthetic_inputs(batch, args.image_size, device, generator)
     with torch.no_grad():
-        images = model.preprocess_images(inputs)
+        images = model.prepare_images([x["image"] for x in inputs])
 
     def network():
-        with torch.no_grad(), model._autocast(model.test_dtype):
+        with torch.no_grad(), model.autocast(model.test_dtype):
             return model.network_logits(images, text)
 
     case = {
@@ -393,7 +393,7 @@ def count_flops(model, args, vocab, batch, generator) -> Dict:
     model.eval()
     text = set_vocabulary(model, vocab["classes"])
     with torch.no_grad():
-        images = model.preprocess_images(synthetic_inputs(batch, args.image_size, model.device, generator))
+        images = model.prepare_images([x["image"] for x in synthetic_inputs(batch, args.image_size, model.device, generator)])
         try:
             analysis = FlopCountAnalysis(model.model, (images, text))
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
@@ -426,11 +426,11 @@ def run_check(model, args, vocab, generator) -> Dict:
     model.eval()
     text = set_vocabulary(model, vocab["classes"])
     with torch.no_grad():
-        images = model.preprocess_images(synthetic_inputs(1, args.image_size, device, generator))
+        images = model.prepare_images([x["image"] for x in synthetic_inputs(1, args.image_size, device, generator)])
     logits = {}
     for precision in PRECISIONS:
         apply_precision(model, precision, device)
-        with torch.no_grad(), model._autocast(model.test_dtype):
+        with torch.no_grad(), model.autocast(model.test_dtype):
             logits[precision] = model.model(images, text).logits.float()
     apply_precision(model, "fp32", device)
     network64 = copy.deepcopy(model.model).double()

@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sed_d2  # noqa: E402,F401  (registers meta-architectures and datasets)
 from sed_d2.config import add_sed_d2_config  # noqa: E402
 from sed_d2.engine import ConvertingCheckpointer  # noqa: E402
-from sed_d2.meta_arch import vocabulary_of  # noqa: E402
+from sed_d2.data.vocabulary import vocabulary_of  # noqa: E402
 from sed_d2.utils.visualization import count_class_pixels, render_segmentation  # noqa: E402
 
 logger = logging.getLogger("sed_d2.demo")

@@ -52,3 +52,20 @@ def add_ovseg_config(cfg: CN) -> None:
 
     # Images per batch at inference (per process). Any size works, CER included.
     cfg.TEST.IMS_PER_BATCH = 1
+    # Test protocol (sed_d2/meta_arch/inference.py): "whole" (resize to CLIP_RESOLUTION, SED)
+    # or "sliding_window" (windows + global view, merged; CAT-Seg's eval.sh, SynSeg's views).
+    cfg.TEST.PROTOCOL = "whole"
+    cfg.TEST.SLIDING_WINDOW = CN()
+    # (H, W) the image is resized to before the windows (CAT-Seg: 640x640); [] = native size.
+    cfg.TEST.SLIDING_WINDOW.IMAGE_SIZE = []
+    # (h, w) window and stride (CAT-Seg: 384 and int(384 * (1 - 0.333)) = 256); [] = use GRID.
+    cfg.TEST.SLIDING_WINDOW.WINDOW = []
+    cfg.TEST.SLIDING_WINDOW.STRIDE = []
+    # (rows, cols) of equal non-overlapping tiles, used when WINDOW is empty (SynSeg: 2x2).
+    cfg.TEST.SLIDING_WINDOW.GRID = []
+    # Also run the whole image as one view and merge it with the windows.
+    cfg.TEST.SLIDING_WINDOW.GLOBAL_VIEW = True
+    # (h, w) the whole image is resized to for the global view (CAT-Seg: 384); [] = IMAGE_SIZE.
+    cfg.TEST.SLIDING_WINDOW.GLOBAL_SIZE = []
+    # "mean": (windows + global) / 2 (CAT-Seg); "max": element-wise maximum.
+    cfg.TEST.SLIDING_WINDOW.MERGE = "mean"

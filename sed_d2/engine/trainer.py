@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.loader import build_resumable_train_loader
 from ..data.mappers import SemanticSegmentationMapper
-from ..meta_arch.base import vocabulary_of
+from ..data.vocabulary import vocabulary_of
 from .checkpointer import ConvertingCheckpointer
 from .evaluation import build_sem_seg_evaluator, format_summary_table
 from .optimizer import build_optimizer

@@ -1,44 +1,50 @@
-"""``OpenVocabSegmentor``: the detectron2 side every method shares.
+"""``OpenVocabSegmentor``: the detectron2 side every method shares, and the method contract.
 
-It turns detectron2's ``batched_inputs`` into tensors (CLIP normalisation, resize to the CLIP
-resolution), owns the vocabulary and its cached text embeddings, runs the method under the
-configured precision, and post-processes per image back to each image's original size.
-A method subclass only provides ``clip_model``, ``forward_train`` and ``forward_test``.
+The base class turns detectron2's ``batched_inputs`` into tensors (CLIP normalisation, resize
+to the CLIP resolution), owns the vocabulary and its cached text embeddings, runs the method
+under the configured precision, applies the test protocol (:mod:`.inference`: whole image or
+sliding window, ``TEST.PROTOCOL``) and post-processes per image back to each image's original
+size. Tools (trainer, benchmark, demo, predictor) use only the contract below, never a
+method's internals.
+
+**The method contract** -- what a subclass (``meta_arch/<method>.py``) provides:
+
+* ``clip_model`` (property): the open_clip model whose text tower encodes the vocabulary.
+* ``parameter_groups`` (property): ``{parameter name: group}`` for every parameter, groups
+  from the method's table (``models/parameter_groups.py``: "frozen" is untrained, every other
+  group is trained at the learning-rate multiplier of ``LR_MULTIPLIER_KEYS``).
+* ``from_config(cls, cfg)`` (classmethod): ``ret = super().from_config(cfg)`` (the base
+  arguments below), plus the method's own arguments.
+* ``forward_train(images, text, targets) -> {name: scalar loss}``: ``images`` (B, 3, H, W)
+  CLIP-normalised at the CLIP resolution, ``text`` (T, P, C), ``targets`` (B, H', W') labels.
+* ``image_features(images) -> {name: tensor}`` and ``decode(features, text) -> (B, T, h, w)
+  logits``: the network split in two. Its image half depends on the images only, so CUDA
+  graphs replay it even where the decoder cannot be captured (category early rejection,
+  data-dependent class subsets); ``decode_capturable`` says which case holds.
+* ``network_logits(images, text) -> (B, T, h, w)``: provided here from the split (replayed
+  from CUDA graphs, :meth:`OpenVocabSegmentor.run_network`); override only for a network that
+  cannot be split.
+* ``logits_to_scores(logits)``: per-class scores in [0, 1]; the default is a float32
+  sigmoid. ``forward_test(images, text)`` is ``logits_to_scores(network_logits(...))``.
 """
 import logging
 from contextlib import nullcontext
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..clip import TextEncoder, get_templates, validate_vocabulary
+from ..data.vocabulary import vocabulary_of
 from ..utils.cuda_graphs import CUDAGraphCache, graph_key
+from .inference import InferenceProtocol, WholeImage, build_inference_protocol
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "OpenVocabSegmentor",
-    "base_arguments_from_config",
-    "vocabulary_of",
-]
+__all__ = ["OpenVocabSegmentor"]
 
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def vocabulary_of(dataset_name: str) -> List[str]:
-    """The class names (``stuff_classes``) of a registered dataset."""
-    from detectron2.data import MetadataCatalog
-
-    meta = MetadataCatalog.get(dataset_name)
-    classes = getattr(meta, "stuff_classes", None)
-    if not classes:
-        raise KeyError(
-            f"dataset '{dataset_name}' has no 'stuff_classes' in its MetadataCatalog entry; "
-            "is it registered by sed_d2 (import sed_d2) or by your own code?"
-        )
-    return list(classes)
 
 
 def _parse_precision(value: str, key: str):
@@ -48,13 +54,8 @@ def _parse_precision(value: str, key: str):
 
 
 class OpenVocabSegmentor(nn.Module):
-    """Base meta-architecture: images + vocabulary in, per-class scores out.
-
-    Subclasses implement:
-      * ``clip_model`` (property): the open_clip model whose text tower encodes the vocabulary;
-      * ``forward_train(images, text_embeddings, targets) -> dict of losses``;
-      * ``forward_test(images, text_embeddings) -> (B, T, h, w)`` class probabilities in [0, 1].
-    """
+    """Base meta-architecture: images + vocabulary in, per-class scores out. Subclasses
+    implement the method contract of the module docstring."""
 
     def __init__(
         self,
@@ -70,6 +71,7 @@ class OpenVocabSegmentor(nn.Module):
         test_precision: str = "fp32",
         cuda_graphs: bool = False,
         synonym_rule: str = "mean",
+        inference_protocol: Optional[InferenceProtocol] = None,
     ):
         """
         Args:
@@ -84,6 +86,8 @@ class OpenVocabSegmentor(nn.Module):
                 (:meth:`run_network`).
             synonym_rule: how synonyms in one class name are embedded, ``"mean"`` or
                 ``"first"`` (:class:`sed_d2.clip.TextEncoder`).
+            inference_protocol: how test images become scores (:mod:`.inference`);
+                None = :class:`~.inference.WholeImage`.
         """
         super().__init__()
         self.register_buffer("pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), False)
@@ -103,11 +107,39 @@ class OpenVocabSegmentor(nn.Module):
         self._text_encoder: Optional[TextEncoder] = None
         self.cuda_graphs = bool(cuda_graphs)
         self._graphs = CUDAGraphCache(max_graphs=2)
+        self._graph_failures: set = set()  # graph names whose capture failed: run eagerly
+        self.inference_protocol = inference_protocol or WholeImage()
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        """The base arguments, read from the config; a method's ``from_config`` starts with
+        ``ret = super().from_config(cfg)``."""
+        ovseg = cfg.MODEL.OVSEG
+        train_vocab = vocabulary_of(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
+        test_vocab = vocabulary_of(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else train_vocab
+        return {
+            "clip_pixel_mean": ovseg.CLIP_PIXEL_MEAN,
+            "clip_pixel_std": ovseg.CLIP_PIXEL_STD,
+            "clip_resolution": tuple(ovseg.CLIP_RESOLUTION),
+            "prompt_templates": ovseg.PROMPT_TEMPLATES,
+            "train_vocabulary": train_vocab,
+            "test_vocabulary": test_vocab,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "train_precision": ovseg.TRAIN_PRECISION,
+            "test_precision": ovseg.TEST_PRECISION,
+            "cuda_graphs": ovseg.CUDA_GRAPHS,
+            "synonym_rule": ovseg.SYNONYM_RULE,
+            "inference_protocol": build_inference_protocol(cfg),
+        }
 
     # ------------------------------------------------------------------ vocabulary
     @property
     def clip_model(self) -> nn.Module:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must provide clip_model (the method contract)")
+
+    @property
+    def parameter_groups(self) -> Dict[str, str]:
+        raise NotImplementedError(f"{type(self).__name__} must provide parameter_groups (the method contract)")
 
     @property
     def text_encoder(self) -> TextEncoder:
@@ -140,22 +172,23 @@ class OpenVocabSegmentor(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
-    def preprocess_images(self, batched_inputs: List[Dict]) -> torch.Tensor:
-        """CLIP-normalise each image and resize it to the CLIP resolution: (B, 3, H, W).
+    def prepare_images(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """CLIP-normalise each (3, H, W) 0-255 RGB image and resize it to the CLIP resolution:
+        (B, 3, H, W).
 
         Each image is resized on its own (bilinear, no antialias, like the official code), so
         images of different sizes batch together without padding.
         """
-        images = []
-        for x in batched_inputs:
-            image = x["image"].to(self.device, non_blocking=True).float()
+        prepared = []
+        for image in images:
+            image = image.to(self.device, non_blocking=True).float()
             image = (image - self.pixel_mean) / self.pixel_std
             if tuple(image.shape[-2:]) != self.clip_resolution:
                 image = F.interpolate(
                     image[None], size=self.clip_resolution, mode="bilinear", align_corners=False
                 )[0]
-            images.append(image)
-        return torch.stack(images)
+            prepared.append(image)
+        return torch.stack(prepared)
 
     def preprocess_targets(self, batched_inputs: List[Dict]) -> torch.Tensor:
         """(B, H, W) int64 labels; all training images share one size (crop + pad in the mapper)."""
@@ -168,7 +201,7 @@ class OpenVocabSegmentor(nn.Module):
             )
         return torch.stack(targets).long()
 
-    def postprocess(self, probs: torch.Tensor, batched_inputs: List[Dict]) -> List[Dict]:
+    def postprocess(self, probs: Sequence[torch.Tensor], batched_inputs: List[Dict]) -> List[Dict]:
         """Resize each image's (T, h, w) probabilities to its original (height, width)."""
         results = []
         for prob, x in zip(probs, batched_inputs):
@@ -192,18 +225,27 @@ class OpenVocabSegmentor(nn.Module):
         CUDAGraphCache`): the same kernels, bit-identical results, no per-kernel launch
         cost. The graph's output is overwritten by the next call: consume it first. ``fn``
         must not synchronise with the host or depend on values for shapes."""
-        if not (self.cuda_graphs and inputs[0].is_cuda and not self.training and not torch.is_grad_enabled()):
+        if not (
+            self.cuda_graphs
+            and name not in self._graph_failures
+            and inputs[0].is_cuda
+            and not self.training
+            and not torch.is_grad_enabled()
+        ):
             return fn(*inputs)
         key = (name, graph_key(inputs, list(self.parameters())))
         try:
             return self._graphs(key, fn, *inputs)
         except Exception as e:  # a capture failure must not stop an evaluation
-            logger.warning("CUDA graph capture of %s failed (%s: %s); running eagerly from now on", name, type(e).__name__, e)
-            self.cuda_graphs = False
+            # Only this call runs eagerly from now on; the other graphs keep working.
+            logger.warning("CUDA graph capture of %s failed (%s: %s); running it eagerly from now on", name, type(e).__name__, e)
+            self._graph_failures.add(name)
             self._graphs.clear()
             return fn(*inputs)
 
-    def _autocast(self, dtype):
+    def autocast(self, dtype: Optional[torch.dtype]):
+        """Autocast context for ``dtype`` (``self.train_dtype`` / ``self.test_dtype``) on the
+        model's device; None = full precision."""
         if dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
@@ -218,39 +260,53 @@ class OpenVocabSegmentor(nn.Module):
             training: dict of named losses. Inference: one ``{"sem_seg": (T, height, width)}``
             per image, class probabilities at the original image size.
         """
-        images = self.preprocess_images(batched_inputs)
         text = self.text_embeddings()
         if self.training:
+            images = self.prepare_images([x["image"] for x in batched_inputs])
             targets = self.preprocess_targets(batched_inputs)
-            with self._autocast(self.train_dtype):
+            with self.autocast(self.train_dtype):
                 losses = self.forward_train(images, text, targets)
             return {k: v.float() for k, v in losses.items()}
-        with self._autocast(self.test_dtype):
-            probs = self.forward_test(images, text)
+        images = [x["image"].to(self.device, non_blocking=True).float() for x in batched_inputs]
+        with self.autocast(self.test_dtype):
+            probs = self.inference_protocol(self, images, text)
         return self.postprocess(probs, batched_inputs)
 
+    # ------------------------------------------------------------------ the network
     def forward_train(self, images, text_embeddings, targets) -> Dict[str, torch.Tensor]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must provide forward_train (the method contract)")
 
-    def forward_test(self, images, text_embeddings) -> torch.Tensor:
-        raise NotImplementedError
+    def image_features(self, images: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must provide image_features (the method contract)")
 
+    def decode(self, features: Mapping[str, torch.Tensor], text_embeddings: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must provide decode (the method contract)")
 
-def base_arguments_from_config(cfg) -> dict:
-    """Arguments of :class:`OpenVocabSegmentor` read from the config (shared by all methods)."""
-    ovseg = cfg.MODEL.OVSEG
-    train_vocab = vocabulary_of(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
-    test_vocab = vocabulary_of(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else train_vocab
-    return {
-        "clip_pixel_mean": ovseg.CLIP_PIXEL_MEAN,
-        "clip_pixel_std": ovseg.CLIP_PIXEL_STD,
-        "clip_resolution": tuple(ovseg.CLIP_RESOLUTION),
-        "prompt_templates": ovseg.PROMPT_TEMPLATES,
-        "train_vocabulary": train_vocab,
-        "test_vocabulary": test_vocab,
-        "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-        "train_precision": ovseg.TRAIN_PRECISION,
-        "test_precision": ovseg.TEST_PRECISION,
-        "cuda_graphs": ovseg.CUDA_GRAPHS,
-        "synonym_rule": ovseg.SYNONYM_RULE,
-    }
+    @property
+    def decode_capturable(self) -> bool:
+        """Whether :meth:`decode` can be captured in a CUDA graph (no host synchronisation,
+        no value-dependent shapes). False (e.g. SED's category early rejection) replays only
+        :meth:`image_features` and decodes eagerly."""
+        return True
+
+    def network_logits(self, images: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, T, h, w) inference logits: :meth:`image_features` then :meth:`decode`, replayed
+        from CUDA graphs by :meth:`run_network` (the whole network when the decoder is
+        capturable, else the image half)."""
+        name = type(self).__name__.lower()
+        if self.decode_capturable:
+            return self.run_network(
+                f"{name}_logits", lambda x, text: self.decode(self.image_features(x), text), images, text_embeddings
+            )
+        features = self.run_network(f"{name}_image_features", self.image_features, images)
+        return self.decode(features, text_embeddings)
+
+    def logits_to_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-class scores in [0, 1]: a sigmoid in float32, also under bf16 (bf16 probabilities
+        near 1 are 2^-8 apart, which would turn close scores of confident classes into argmax
+        ties). Always a new tensor: a CUDA graph's output is reused by the next replay."""
+        return logits.float().sigmoid()
+
+    def forward_test(self, images: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, T, h, w) scores of CLIP-prepared images (:meth:`prepare_images`)."""
+        return self.logits_to_scores(self.network_logits(images, text_embeddings))

@@ -7,7 +7,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..clip import build_clip_model, get_templates
 from ..models.sed import SEDModel, build_sed_decoder_for
-from .base import OpenVocabSegmentor, base_arguments_from_config
+from .base import OpenVocabSegmentor
 
 __all__ = ["SED"]
 
@@ -47,6 +47,7 @@ class SED(OpenVocabSegmentor):
 
     @classmethod
     def from_config(cls, cfg):
+        ret = super().from_config(cfg)
         ovseg, sed = cfg.MODEL.OVSEG, cfg.MODEL.SED
         clip_model = build_clip_model(
             ovseg.CLIP_MODEL,
@@ -67,12 +68,12 @@ class SED(OpenVocabSegmentor):
             pooling_size=tuple(sed.POOLING_SIZE),
             test_pooling_size=tuple(sed.TEST_POOLING_SIZE),
         )
-        return {
-            "model": SEDModel(clip_model, decoder, clip_finetune=ovseg.CLIP_FINETUNE),
-            "cer_topk": sed.CER_TOPK,
-            "ignore_as_negative": sed.IGNORE_AS_NEGATIVE,
-            **base_arguments_from_config(cfg),
-        }
+        ret.update(
+            model=SEDModel(clip_model, decoder, clip_finetune=ovseg.CLIP_FINETUNE),
+            cer_topk=sed.CER_TOPK,
+            ignore_as_negative=sed.IGNORE_AS_NEGATIVE,
+        )
+        return ret
 
     @property
     def clip_model(self):
@@ -89,22 +90,16 @@ class SED(OpenVocabSegmentor):
             output, targets, self.ignore_value, ignore_as_negative=self.ignore_as_negative
         )
 
-    def network_logits(self, images: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, T, h, w) inference logits of the network (what ``forward_test`` and the
-        benchmark's network timing run). Without category early rejection it goes through
-        :meth:`run_network` (CUDA graphs); rejection keeps data-dependent class counts, so
-        there only the image tower is replayed and the decoder runs eagerly."""
-        if self.cer_topk > 0 or self.cer_keep_classes > 0:
-            features = self.run_network("sed_image_features", self.model.image_features, images)
-            return self.model.decode(
-                features, text_embeddings, cer_topk=self.cer_topk, cer_keep_classes=self.cer_keep_classes
-            ).logits
-        return self.run_network("sed_logits", lambda x, text: self.model(x, text).logits, images, text_embeddings)
+    def image_features(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.model.image_features(images)
 
-    def forward_test(self, images, text_embeddings) -> torch.Tensor:
-        logits = self.network_logits(images, text_embeddings)
-        # Sigmoid before resizing: rejected classes carry -inf logits and become exactly 0.
-        # In float32 also under bf16: bf16 probabilities near 1 are 2^-8 apart, which would
-        # turn close scores of confident classes into argmax ties.
-        return logits.float().sigmoid()  # a new tensor: a CUDA graph's output is reused
+    def decode(self, features, text_embeddings: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(
+            features, text_embeddings, cer_topk=self.cer_topk, cer_keep_classes=self.cer_keep_classes
+        ).logits
 
+    @property
+    def decode_capturable(self) -> bool:
+        """Category early rejection keeps data-dependent class counts: then only the image
+        tower is replayed from a CUDA graph and the decoder runs eagerly."""
+        return self.cer_topk <= 0 and self.cer_keep_classes <= 0

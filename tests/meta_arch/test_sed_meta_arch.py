@@ -189,9 +189,13 @@ def test_graph_capture_failure_falls_back_to_eager_with_a_warning(monkeypatch):
     def failing_cache(key, fn, *inputs):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    failing_cache.clear = lambda: None
-    model._graphs = failing_cache
+    calls = []
+    model._graphs = lambda key, fn, *inputs: (calls.append(key[0]), failing_cache(key, fn, *inputs))
+    model._graphs.clear = lambda: None
     with torch.no_grad():
         assert model.run_network("probe", lambda x: 7, _CudaLike()) == 7
-    assert not model.cuda_graphs
-    assert len(warnings) == 1 and "CUDA graph capture of probe failed" in warnings[0]
+        assert model.run_network("probe", lambda x: 8, _CudaLike()) == 8  # eager, no new capture
+        assert model.run_network("other", lambda x: 9, _CudaLike()) == 9  # other graphs still try
+    assert model.cuda_graphs  # one failure never turns graphs off for the whole process
+    assert calls == ["probe", "other"]
+    assert len(warnings) == 2 and "CUDA graph capture of probe failed" in warnings[0]
