@@ -13,6 +13,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.config import get_cfg as detectron2_get_cfg
 
+from .catseg import add_catseg_config
 from .common import add_ovseg_config
 from .sed import add_sed_config
 
@@ -23,6 +24,7 @@ def add_sed_d2_config(cfg: CfgNode) -> None:
     """Add every key of sed_d2 (shared and per method) to a detectron2 config."""
     add_ovseg_config(cfg)
     add_sed_config(cfg)
+    add_catseg_config(cfg)
 
 
 def get_cfg(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> CfgNode:

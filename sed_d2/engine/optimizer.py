@@ -6,6 +6,7 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 
+from ..clip import frozen_rows, keep_frozen_rows
 from ..models.parameter_groups import LR_MULTIPLIER_KEYS
 
 __all__ = ["build_optimizer", "build_param_groups"]
@@ -90,7 +91,8 @@ def _with_full_model_clipping(optimizer_cls, max_norm: float, norm_type: float):
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """AdamW (or SGD) over :func:`build_param_groups`, with detectron2's gradient clipping
-    types plus "full_model" (one norm over every parameter, the official SED recipe)."""
+    types plus "full_model" (one norm over every parameter, the official SED recipe), and
+    :func:`sed_d2.clip.keep_frozen_rows` where a parameter is trained only in part."""
     from detectron2.solver.build import maybe_add_gradient_clipping
 
     name = cfg.SOLVER.OPTIMIZER.upper()
@@ -108,4 +110,11 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         )
     else:
         optimizer_cls = maybe_add_gradient_clipping(cfg, optimizer_cls)
-    return optimizer_cls(build_param_groups(cfg, model), lr=cfg.SOLVER.BASE_LR, **kwargs)
+    param_groups = build_param_groups(cfg, model)
+    optimizer = optimizer_cls(param_groups, lr=cfg.SOLVER.BASE_LR, **kwargs)
+    # Tensors trained only in part (CLIP_FINETUNE "attention": the k rows of the fused q/k/v
+    # projection stay frozen) are restored around every step, so weight decay cannot move
+    # those rows; optimizers without such tensors get no hooks.
+    if any(frozen_rows(p) is not None for group in param_groups for p in group["params"]):
+        keep_frozen_rows(optimizer)
+    return optimizer

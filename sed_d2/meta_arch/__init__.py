@@ -1,5 +1,15 @@
 """Detectron2 meta-architectures, one thin module per method (importing registers them)."""
-from .base import OpenVocabSegmentor, vocabulary_of
+from .base import OpenVocabSegmentor
+from .inference import InferenceProtocol, SlidingWindow, WholeImage, build_inference_protocol
+from .catseg import CATSeg
 from .sed import SED
 
-__all__ = ["OpenVocabSegmentor", "SED", "vocabulary_of"]
+__all__ = [
+    "CATSeg",
+    "InferenceProtocol",
+    "OpenVocabSegmentor",
+    "SED",
+    "SlidingWindow",
+    "WholeImage",
+    "build_inference_protocol",
+]
