@@ -64,6 +64,7 @@ class OpenVocabSegmentor(nn.Module):
         clip_pixel_std: Sequence[float],
         clip_resolution: Tuple[int, int],
         prompt_templates: str,
+        clip_model_name: Optional[str] = None,
         train_vocabulary: Optional[Sequence[str]],
         test_vocabulary: Optional[Sequence[str]],
         ignore_value: int,
@@ -78,6 +79,8 @@ class OpenVocabSegmentor(nn.Module):
             clip_pixel_mean, clip_pixel_std: CLIP normalisation of 0-255 RGB pixels.
             clip_resolution: (H, W) every image is resized to before CLIP.
             prompt_templates: name of a template set (``sed_d2.clip.get_templates``).
+            clip_model_name: open_clip architecture name of ``clip_model``; picks its
+                tokenizer (None = open_clip's generic CLIP tokenizer).
             train_vocabulary: class names of the training dataset (index = label id).
             test_vocabulary: class names used at inference until ``set_vocabulary`` changes them.
             ignore_value: label value of ignored pixels in training targets.
@@ -94,6 +97,7 @@ class OpenVocabSegmentor(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(clip_pixel_std).view(-1, 1, 1), False)
         self.clip_resolution = tuple(int(s) for s in clip_resolution)
         self.templates = get_templates(prompt_templates)
+        self.clip_model_name = clip_model_name
         self.synonym_rule = synonym_rule
         self.train_vocabulary = (
             list(validate_vocabulary(train_vocabulary)) if train_vocabulary is not None else None
@@ -107,7 +111,8 @@ class OpenVocabSegmentor(nn.Module):
         self._text_encoder: Optional[TextEncoder] = None
         self.cuda_graphs = bool(cuda_graphs)
         self._graphs = CUDAGraphCache(max_graphs=2)
-        self._graph_failures: set = set()  # graph names whose capture failed: run eagerly
+        self._graph_failures: set = set()  # graph keys whose capture failed: run eagerly
+        self._graph_parameters: Optional[List[torch.Tensor]] = None  # listed once, see run_network
         self.inference_protocol = inference_protocol or WholeImage()
 
     @classmethod
@@ -122,6 +127,7 @@ class OpenVocabSegmentor(nn.Module):
             "clip_pixel_std": ovseg.CLIP_PIXEL_STD,
             "clip_resolution": tuple(ovseg.CLIP_RESOLUTION),
             "prompt_templates": ovseg.PROMPT_TEMPLATES,
+            "clip_model_name": ovseg.CLIP_MODEL,
             "train_vocabulary": train_vocab,
             "test_vocabulary": test_vocab,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
@@ -146,7 +152,9 @@ class OpenVocabSegmentor(nn.Module):
         # Built on first use: the CLIP model exists only after the subclass __init__.
         if self._text_encoder is None:
             # It hooks the CLIP model so that loading weights clears its cache.
-            self._text_encoder = TextEncoder(self.clip_model, self.templates, synonym_rule=self.synonym_rule)
+            self._text_encoder = TextEncoder(
+                self.clip_model, self.templates, model_name=self.clip_model_name, synonym_rule=self.synonym_rule
+            )
         return self._text_encoder
 
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
@@ -216,7 +224,12 @@ class OpenVocabSegmentor(nn.Module):
     def train(self, mode: bool = True):
         if mode:
             self._graphs.clear()  # frees their activation memory for training
+        self._graph_parameters = None  # modules may have been swapped since the last evaluation
         return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._graph_parameters = None  # .to() / .cuda() / .half() may replace parameters
+        return super()._apply(fn, *args, **kwargs)
 
     def run_network(self, name: str, fn: Callable, *inputs: torch.Tensor):
         """``fn(*inputs)``, the inference network call ``name``. With ``cuda_graphs``, CUDA
@@ -224,23 +237,30 @@ class OpenVocabSegmentor(nn.Module):
         first use per input shapes / precision (:class:`~sed_d2.utils.cuda_graphs.
         CUDAGraphCache`): the same kernels, bit-identical results, no per-kernel launch
         cost. The graph's output is overwritten by the next call: consume it first. ``fn``
-        must not synchronise with the host or depend on values for shapes."""
-        if not (
-            self.cuda_graphs
-            and name not in self._graph_failures
-            and inputs[0].is_cuda
-            and not self.training
-            and not torch.is_grad_enabled()
-        ):
+        must not synchronise with the host or depend on values for shapes.
+
+        A capture that fails (e.g. out of memory while recording) is logged once and that
+        key (name, shapes, precision, parameter versions) runs eagerly from then on; other
+        shapes and calls keep their graphs. The parameters a key depends on are listed once
+        per evaluation (``eval()``) or device move, not on every call."""
+        if not (self.cuda_graphs and inputs[0].is_cuda and not self.training and not torch.is_grad_enabled()):
             return fn(*inputs)
-        key = (name, graph_key(inputs, list(self.parameters())))
+        if self._graph_parameters is None:
+            self._graph_parameters = list(self.parameters())
+        key = (name, graph_key(inputs, self._graph_parameters))
+        if key in self._graph_failures:
+            return fn(*inputs)
         try:
             return self._graphs(key, fn, *inputs)
         except Exception as e:  # a capture failure must not stop an evaluation
-            # Only this call runs eagerly from now on; the other graphs keep working.
-            logger.warning("CUDA graph capture of %s failed (%s: %s); running it eagerly from now on", name, type(e).__name__, e)
-            self._graph_failures.add(name)
-            self._graphs.clear()
+            logger.warning(
+                "CUDA graph capture of %s failed (%s: %s); these inputs run it eagerly from now on",
+                name,
+                type(e).__name__,
+                e,
+            )
+            self._graph_failures.add(key)
+            self._graphs.clear()  # frees what the failed capture and the other graphs hold
             return fn(*inputs)
 
     def autocast(self, dtype: Optional[torch.dtype]):

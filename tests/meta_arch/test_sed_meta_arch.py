@@ -129,7 +129,10 @@ def test_bf16_inference_close_to_fp32():
 class _CudaLike:
     """Stands in for a CUDA tensor where only the routing is tested (no GPU here)."""
 
-    is_cuda, shape, dtype, device = True, (1,), torch.float32, torch.device("cpu")
+    is_cuda, dtype, device = True, torch.float32, torch.device("cpu")
+
+    def __init__(self, shape=(1,)):
+        self.shape = shape
 
 
 def test_run_network_routes_inference_through_cuda_graphs_only_where_they_apply():
@@ -195,7 +198,33 @@ def test_graph_capture_failure_falls_back_to_eager_with_a_warning(monkeypatch):
     with torch.no_grad():
         assert model.run_network("probe", lambda x: 7, _CudaLike()) == 7
         assert model.run_network("probe", lambda x: 8, _CudaLike()) == 8  # eager, no new capture
-        assert model.run_network("other", lambda x: 9, _CudaLike()) == 9  # other graphs still try
+        assert model.run_network("probe", lambda x: 9, _CudaLike((2,))) == 9  # other shapes still try
+        assert model.run_network("other", lambda x: 10, _CudaLike()) == 10  # other graphs still try
     assert model.cuda_graphs  # one failure never turns graphs off for the whole process
-    assert calls == ["probe", "other"]
-    assert len(warnings) == 2 and "CUDA graph capture of probe failed" in warnings[0]
+    assert calls == ["probe", "probe", "other"]
+    assert len(warnings) == 3 and "CUDA graph capture of probe failed" in warnings[0]
+
+
+def test_graph_keys_list_the_parameters_once_per_evaluation():
+    model = _build("configs/sed/tiny.yaml").eval()
+    model._graphs = lambda key, fn, *inputs: fn(*inputs)
+    walks = []
+    parameters = model.parameters
+    model.parameters = lambda *args, **kwargs: (walks.append(1), parameters(*args, **kwargs))[1]
+    with torch.no_grad():
+        for _ in range(3):
+            model.run_network("probe", lambda x: 1, _CudaLike())
+        assert len(walks) == 1
+        model.eval()  # a new evaluation may follow module surgery: listed again
+        model.run_network("probe", lambda x: 1, _CudaLike())
+    assert len(walks) == 2
+
+
+def test_text_encoder_uses_the_tokenizer_of_the_configured_clip_model():
+    import open_clip
+
+    model = _build("configs/sed/tiny.yaml")
+    assert model.clip_model_name == "sed_d2_tiny_convnext"
+    expected = open_clip.get_tokenizer("sed_d2_tiny_convnext")
+    assert type(model.text_encoder.tokenizer) is type(expected)
+    assert torch.equal(model.text_encoder.tokenizer(["a photo of a cat"]), expected(["a photo of a cat"]))
