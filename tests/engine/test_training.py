@@ -10,7 +10,10 @@ from tests.d2_helpers import load_tool, tiny_opts_for
 
 pytestmark = requires_detectron2
 
-SHIPPED = ["configs/sed/convnextB_768.yaml", "configs/sed/convnextL_768.yaml", "configs/sed/tiny.yaml"]
+SHIPPED = [
+    "configs/sed/convnextB_768.yaml", "configs/sed/convnextL_768.yaml", "configs/sed/tiny.yaml",
+    "configs/catseg/vitb_384.yaml", "configs/catseg/vitl_336.yaml", "configs/catseg/tiny.yaml",
+]
 
 
 def _run(config_file, output_dir, *extra, eval_only=False, resume=False):
@@ -42,6 +45,17 @@ GOLDEN_METRICS = {
     },
     "configs/sed/tiny.yaml": {
         "mIoU": 5.355247374708951, "fwIoU": 6.17060378950509, "mACC": 11.868046379373784, "pACC": 13.283594173798285,
+    },
+    # CAT-Seg B and L differ only in MODEL.OVSEG (CLIP and its resolution), which the tiny
+    # overrides replace: the same run, the same metrics.
+    "configs/catseg/vitb_384.yaml": {
+        "mIoU": 3.9865498920797564, "fwIoU": 4.012005868251808, "mACC": 11.446395294686898, "pACC": 10.14759818963493,
+    },
+    "configs/catseg/vitl_336.yaml": {
+        "mIoU": 3.9865498920797564, "fwIoU": 4.012005868251808, "mACC": 11.446395294686898, "pACC": 10.14759818963493,
+    },
+    "configs/catseg/tiny.yaml": {
+        "mIoU": 4.417298772642944, "fwIoU": 4.6225907420718535, "mACC": 11.65777864705232, "pACC": 11.375666944644607,
     },
 }
 
