@@ -280,17 +280,26 @@ class OpenVocabSegmentor(nn.Module):
             training: dict of named losses. Inference: one ``{"sem_seg": (T, height, width)}``
             per image, class probabilities at the original image size.
         """
-        text = self.text_embeddings()
         if self.training:
+            text = self.text_embeddings()
             images = self.prepare_images([x["image"] for x in batched_inputs])
             targets = self.preprocess_targets(batched_inputs)
             with self.autocast(self.train_dtype):
                 losses = self.forward_train(images, text, targets)
             return {k: v.float() for k, v in losses.items()}
-        images = [x["image"].to(self.device, non_blocking=True).float() for x in batched_inputs]
+        return self.postprocess(self.inference_scores([x["image"] for x in batched_inputs]), batched_inputs)
+
+    def inference_scores(self, images: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Per image, (T, h, w) class scores of the current vocabulary at the test protocol's
+        working size (:mod:`.inference`), before the resize to the image's own size.
+
+        ``images``: (3, H, W) 0-255 RGB tensors of any sizes. Callers that need full-size
+        label maps of large images resize these in chunks of classes (``sed_d2.predictor``)
+        instead of all T maps at once (:meth:`postprocess`)."""
+        text = self.text_embeddings()
+        images = [image.to(self.device, non_blocking=True).float() for image in images]
         with self.autocast(self.test_dtype):
-            probs = self.inference_protocol(self, images, text)
-        return self.postprocess(probs, batched_inputs)
+            return self.inference_protocol(self, images, text)
 
     # ------------------------------------------------------------------ the network
     def forward_train(self, images, text_embeddings, targets) -> Dict[str, torch.Tensor]:
