@@ -8,8 +8,6 @@
 import os
 import sys
 
-import torch
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -18,31 +16,40 @@ from detectron2.utils.logger import setup_logger
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sed_d2  # noqa: E402,F401  (registers meta-architectures and datasets)
-from sed_d2.config import add_sed_d2_config  # noqa: E402
+from sed_d2.config import apply_runtime_flags, get_cfg  # noqa: E402
 from sed_d2.engine import ConvertingCheckpointer, Trainer  # noqa: E402
+from sed_d2.engine.preflight import preflight  # noqa: E402
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_sed_d2_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sed_d2")
-    # The official SED trains and evaluates with TF32 matmuls; ours keeps exact fp32 unless asked.
-    torch.backends.cuda.matmul.allow_tf32 = cfg.MODEL.OVSEG.ALLOW_TF32
-    torch.backends.cudnn.allow_tf32 = cfg.MODEL.OVSEG.ALLOW_TF32
+    apply_runtime_flags(cfg, training=not args.eval_only)
     return cfg
+
+
+def argument_parser():
+    """detectron2's arguments, plus ``--overwrite``."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an OUTPUT_DIR that holds a previous run's checkpoints, overwriting them",
+    )
+    return parser
 
 
 def main(args):
     cfg = setup(args)
+    # Before any model is built or data read: clear errors in seconds (sed_d2/engine/preflight.py).
+    preflight(cfg, eval_only=args.eval_only, resume=args.resume, overwrite=getattr(args, "overwrite", False))
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        ConvertingCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        ConvertingCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, strict=not cfg.MODEL.OVSEG.ALLOW_PARTIAL_WEIGHTS
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
@@ -50,7 +57,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(
         main,

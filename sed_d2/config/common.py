@@ -12,8 +12,12 @@ def add_ovseg_config(cfg: CN) -> None:
     cfg.MODEL.OVSEG.CLIP_MODEL = "convnext_base_w_320"
     # open_clip pretrained tag (downloaded by open_clip) or a local file path; "" = random init.
     cfg.MODEL.OVSEG.CLIP_PRETRAINED = ""
-    # "full": fine-tune the whole image tower (trunk + projection head); "frozen": train none of it.
+    # What of CLIP trains (sed_d2/clip/finetune.py): "full" (the image tower: SED), "attention"
+    # (q/v projections of every block of both towers: CAT-Seg) or "frozen".
     cfg.MODEL.OVSEG.CLIP_FINETUNE = "full"
+    # True lets MODEL.WEIGHTS leave model tensors missing or shape-mismatched (fine-tuning from
+    # another model; the load is summarised in the log); False refuses such a file.
+    cfg.MODEL.OVSEG.ALLOW_PARTIAL_WEIGHTS = False
     # Stochastic depth of the image trunk in training (official SED: 0.0 for B, 0.1 for L).
     cfg.MODEL.OVSEG.CLIP_DROP_PATH_RATE = 0.0
     # Dropout inside the image projection head in training (official SED: 0.0 for B, 0.1 for L).

@@ -59,7 +59,10 @@ class Trainer(DefaultTrainer):
         self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = ConvertingCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            model,
+            cfg.OUTPUT_DIR,
+            strict=not cfg.MODEL.OVSEG.ALLOW_PARTIAL_WEIGHTS,
+            trainer=weakref.proxy(self),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -73,6 +76,18 @@ class Trainer(DefaultTrainer):
             cfg, SemanticSegmentationMapper(cfg)
         )
         return loader
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            lr = max(group["lr"] for group in self.optimizer.param_groups)
+            last = self.checkpointer.get_checkpoint_file() or "none (no checkpoint was saved yet)"
+            raise FloatingPointError(
+                f"training diverged at iteration {self.iter} (learning rate {lr:.3g}): {e}\n"
+                f"The last checkpoint (checkpoints are only saved with finite parameters) is {last}; "
+                "--resume restarts from it (a lower SOLVER.BASE_LR or gradient clipping may help)."
+            ) from e
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)

@@ -16,17 +16,18 @@ SHIPPED = [
 ]
 
 
-def _run(config_file, output_dir, *extra, eval_only=False, resume=False):
+def _run(config_file, output_dir, *extra, eval_only=False, resume=False, overwrite=False):
     train_net = load_tool("train_net")
-    from detectron2.engine import default_argument_parser
 
     argv = ["--config-file", config_file]
     if eval_only:
         argv.append("--eval-only")
     if resume:
         argv.append("--resume")
+    if overwrite:
+        argv.append("--overwrite")
     argv += tiny_opts_for(config_file) + ["OUTPUT_DIR", str(output_dir), *extra]
-    return train_net.main(default_argument_parser().parse_args(argv))
+    return train_net.main(train_net.argument_parser().parse_args(argv))
 
 
 def _weights(path):
@@ -100,3 +101,57 @@ def test_several_test_datasets_one_process_one_table(tmp_path):
     assert list(results) == ["sed_d2_synthetic_val", "sed_d2_synthetic_train"]
     log = (tmp_path / "log.txt").read_text()
     assert "Summary over all test datasets" in log
+
+
+# ---------------------------------------------------------------- nothing lost, nothing silent
+def test_no_silent_overwrite_and_no_silent_fresh_start(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"--resume: OUTPUT_DIR .* holds no checkpoint"):
+        _run("configs/sed/tiny.yaml", tmp_path, "SOLVER.MAX_ITER", "1", resume=True)
+    _run("configs/sed/tiny.yaml", tmp_path, "SOLVER.MAX_ITER", "1")
+    first = (tmp_path / "model_final.pth").read_bytes()
+    with pytest.raises(FileExistsError, match=r"holds a previous run's checkpoints .*--resume.*--overwrite"):
+        _run("configs/sed/tiny.yaml", tmp_path, "SOLVER.MAX_ITER", "1")
+    assert (tmp_path / "model_final.pth").read_bytes() == first
+    _run("configs/sed/tiny.yaml", tmp_path, "SOLVER.MAX_ITER", "1", overwrite=True)
+
+
+def test_eval_only_refuses_missing_or_incomplete_weights(tmp_path):
+    with pytest.raises(ValueError, match="--eval-only needs weights"):
+        _run("configs/sed/tiny.yaml", tmp_path, eval_only=True)
+    _run("configs/sed/tiny.yaml", tmp_path, "SOLVER.MAX_ITER", "1")
+    state = _weights(tmp_path / "model_final.pth")
+    del state["model.decoder.head.weight"]
+    torch.save({"model": state}, tmp_path / "partial.pth")
+    from sed_d2.engine.checkpointer import IncompleteWeightsError
+
+    with pytest.raises(IncompleteWeightsError, match=r"model.decoder.head.weight"):
+        _run("configs/sed/tiny.yaml", tmp_path, "MODEL.WEIGHTS", str(tmp_path / "partial.pth"), eval_only=True)
+
+
+def test_bad_test_dataset_and_device_fail_before_any_work(tmp_path):
+    with pytest.raises(KeyError, match="DATASETS.TEST entry 'ade20k_151' is not a registered dataset"):
+        _run("configs/sed/tiny.yaml", tmp_path, "DATASETS.TEST", "('ade20k_151',)")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="MODEL.DEVICE is 'cuda' but this machine has no usable CUDA GPU"):
+            _run("configs/sed/tiny.yaml", tmp_path, "MODEL.DEVICE", "cuda")
+    assert not (tmp_path / "last_checkpoint").exists()
+
+
+def test_divergence_stops_with_iteration_lr_and_last_good_checkpoint(tmp_path, monkeypatch):
+    from sed_d2.meta_arch.sed import SED
+
+    forward_train = SED.forward_train
+    calls = []
+
+    def diverging(self, images, text, targets):
+        losses = forward_train(self, images, text, targets)
+        calls.append(1)
+        if len(calls) > 2:  # iterations 0 and 1 are fine, then the loss is NaN
+            losses = {k: v * float("nan") for k, v in losses.items()}
+        return losses
+
+    monkeypatch.setattr(SED, "forward_train", diverging)
+    with pytest.raises(FloatingPointError, match=r"(?s)diverged at iteration 2 \(learning rate .*\).*model_0000001.pth; --resume restarts from it"):
+        _run("configs/sed/tiny.yaml", tmp_path, "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2")
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "model_0000001.pth").values() if v.is_floating_point())
