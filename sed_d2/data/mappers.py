@@ -15,7 +15,7 @@ from fvcore.transforms.transform import NoOpTransform, Transform
 
 from .io import read_image, read_label_map
 
-__all__ = ["ColorAugSSDTransform", "SemanticSegmentationMapper"]
+__all__ = ["ColorAugSSDTransform", "SemanticSegmentationMapper", "TestImageMapper"]
 
 logger = logging.getLogger(__name__)
 
@@ -218,4 +218,34 @@ class SemanticSegmentationMapper:
                 )
         dataset_dict["image"] = image
         dataset_dict["sem_seg"] = sem_seg
+        return dataset_dict
+
+
+class TestImageMapper:
+    """Test-time mapper: the image (read by :func:`~sed_d2.data.io.read_image`, so a missing or
+    truncated file is named), resized by ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST,
+    INPUT.MAX_SIZE_TEST)`` as detectron2's default test mapper does, with the original
+    ``height``/``width`` the prediction is resized back to. Labels are read by the evaluator."""
+
+    @configurable
+    def __init__(self, *, min_size: int, max_size: int, image_format: str):
+        self.resize = T.ResizeShortestEdge(min_size, max_size)
+        self.image_format = image_format
+
+    @classmethod
+    def from_config(cls, cfg):
+        return {
+            "min_size": cfg.INPUT.MIN_SIZE_TEST,
+            "max_size": cfg.INPUT.MAX_SIZE_TEST,
+            "image_format": cfg.INPUT.FORMAT,
+        }
+
+    def __call__(self, dataset_dict):
+        dataset_dict = {k: v for k, v in dataset_dict.items() if k != "sem_seg_file_name"}
+        image = read_image(dataset_dict["file_name"], format=self.image_format)
+        height, width = image.shape[:2]
+        image = self.resize.get_transform(image).apply_image(image)
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        dataset_dict.setdefault("height", height)
+        dataset_dict.setdefault("width", width)
         return dataset_dict

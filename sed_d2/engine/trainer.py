@@ -12,7 +12,7 @@ from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.loader import build_resumable_train_loader
-from ..data.mappers import SemanticSegmentationMapper
+from ..data.mappers import SemanticSegmentationMapper, TestImageMapper
 from ..data.vocabulary import vocabulary_of
 from .checkpointer import ConvertingCheckpointer
 from .evaluation import build_sem_seg_evaluator, format_summary_table
@@ -97,7 +97,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         return build_detection_test_loader(
-            cfg, dataset_name, batch_size=cfg.TEST.IMS_PER_BATCH
+            cfg, dataset_name, mapper=TestImageMapper(cfg), batch_size=cfg.TEST.IMS_PER_BATCH
         )
 
     @classmethod

@@ -73,3 +73,20 @@ def test_color_aug_changes_image_not_labels():
         # One instance applies the same distortion every time.
         assert np.array_equal(t.apply_image(img), t.apply_image(img))
     assert changed >= 5
+
+
+def test_test_mapper_resizes_like_detectron2_and_names_bad_images(tmp_path):
+    from detectron2.data import DatasetMapper
+    from detectron2.data import transforms as T
+
+    from sed_d2.data.mappers import TestImageMapper
+
+    record = _write_sample(tmp_path, np.zeros((40, 60)))
+    ours = TestImageMapper(min_size=32, max_size=100, image_format="RGB")(dict(record))
+    theirs = DatasetMapper(is_train=False, augmentations=[T.ResizeShortestEdge(32, 100)], image_format="RGB")(dict(record))
+    assert torch.equal(ours["image"], theirs["image"]) and ours["image"].shape == (3, 32, 48)
+    assert (ours["height"], ours["width"]) == (40, 60) and "sem_seg_file_name" not in ours
+    data = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "a.jpg").write_bytes(data[: len(data) // 3])
+    with pytest.raises(OSError, match=r"cannot read image file .*a.jpg"):
+        TestImageMapper(min_size=32, max_size=100, image_format="RGB")(dict(record))
