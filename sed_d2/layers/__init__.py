@@ -3,6 +3,15 @@
 Class-batched maps are ``(B, T, C, H, W)`` (see :mod:`.cost_volume`).
 """
 
+from .class_maps import (
+    ClassLogitHead,
+    channels_last_class_maps,
+    empty_class_maps,
+    in_class_chunks,
+    scatter_classes,
+    top_k_union,
+    top_n_classes,
+)
 from .class_transformer import ClassTransformerLayer, Mlp
 from .conv3x3 import conv3x3_no_bias
 from .convnext_block import ConvNeXtBlock, convnext_block_forward
@@ -28,6 +37,7 @@ from .upsampling import (
 )
 
 __all__ = [
+    "ClassLogitHead",
     "ClassTransformerLayer",
     "Conv2dReLU",
     "ConvNeXtBlock",
@@ -41,20 +51,26 @@ __all__ = [
     "SkipFusion",
     "bilinear_resize",
     "bilinear_resize_matrix",
+    "channels_last_class_maps",
     "conv3x3_no_bias",
     "conv_transpose_2x2",
     "convnext_block_forward",
     "cosine_cost_volume",
     "depthwise_conv2d",
+    "empty_class_maps",
     "fold_layer_norm_into_linear",
     "fused_layer_norm_mlp",
     "fused_layer_norm_mlp_applies",
     "group_norm",
+    "in_class_chunks",
     "layer_norm",
     "layer_norm_linear",
     "layer_norm_mlp_reference",
     "linear_attention",
     "normalize_last_dim",
     "normalize_rows",
+    "scatter_classes",
     "single_output_conv2d",
+    "top_k_union",
+    "top_n_classes",
 ]

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..clip import convnext_dense_features, dense_feature_channels
 from ..layers import (
+    ClassLogitHead,
     ClassTransformerLayer,
     Conv2dReLU,
     ConvNeXtBlock,
@@ -30,8 +31,12 @@ from ..layers import (
     CostEmbedding,
     CostVolume,
     SkipFusion,
+    channels_last_class_maps,
+    in_class_chunks,
+    scatter_classes,
+    top_k_union,
+    top_n_classes,
 )
-from ..layers.kernels import single_output_conv2d, single_output_conv2d_applies
 from ..losses import one_hot_bce_loss
 from .parameter_groups import ParameterGroupTable, assign_parameter_groups
 
@@ -87,42 +92,11 @@ class SEDStage(nn.Module):
             x = self.spatial_block(x.flatten(0, 1)).unflatten(0, (batch, num_classes))
             x = self.class_block(x)
             return self.fusion(x, skip, cost)
-        x = _in_class_chunks(lambda b, part: self.spatial_block(part.flatten(0, 1)).unsqueeze(0), chunk_classes, x)
+        x = in_class_chunks(lambda b, part: self.spatial_block(part.flatten(0, 1)).unsqueeze(0), chunk_classes, x)
         x = self.class_block(x)
-        return _in_class_chunks(
+        return in_class_chunks(
             lambda b, part, part_cost: self.fusion(part, skip[b : b + 1], part_cost), chunk_classes, x, cost
         )
-
-
-def _in_class_chunks(fn, chunk: int, *maps: Tensor) -> Tensor:
-    """Run ``fn(image, *[m[image:image+1, chunk of classes] for m in maps])`` over every
-    image and chunk of classes and gather the ``(1, t, C, H, W)`` results into one
-    ``(B, T, C, H, W)`` tensor of channels-last maps."""
-    batch, num_classes = maps[0].shape[:2]
-    output = None
-    for image in range(batch):
-        for start in range(0, num_classes, chunk):
-            part = fn(image, *(m[image : image + 1, start : start + chunk] for m in maps))
-            if output is None:
-                output = _empty_class_maps(batch, num_classes, part)
-            output[image : image + 1, start : start + part.shape[1]].copy_(part)
-    return output
-
-
-def _empty_class_maps(batch: int, num_classes: int, like: Tensor) -> Tensor:
-    channels, height, width = like.shape[-3:]
-    empty = torch.empty(
-        (batch * num_classes, channels, height, width),
-        dtype=like.dtype,
-        device=like.device,
-        memory_format=torch.channels_last,
-    )
-    return empty.unflatten(0, (batch, num_classes))
-
-
-def _class_maps(x: Tensor) -> Tensor:
-    """``(B, T, C, H, W)`` with every class map channels-last (free if it already is)."""
-    return x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
 
 
 def _per_stage(value: int | Sequence[int], num_stages: int, name: str) -> tuple[int, ...]:
@@ -216,8 +190,8 @@ class SEDDecoder(nn.Module):
             )
             for cin, cout, proj, cost, kernel in zip(in_dims, decoder_dims, skip_proj_dims, cost_guidance_dims, kernel_sizes)
         )
-        self.aux_heads = nn.ModuleList(nn.Conv2d(channels, 1, kernel_size=3, padding=1) for channels in in_dims)
-        self.head = nn.Conv2d(decoder_dims[-1], 1, kernel_size=3, padding=1)
+        self.aux_heads = nn.ModuleList(ClassLogitHead(channels, kernel_size=3) for channels in in_dims)
+        self.head = ClassLogitHead(decoder_dims[-1], kernel_size=3)
 
     def forward(
         self,
@@ -247,7 +221,7 @@ class SEDDecoder(nn.Module):
             rejected by CER) and, in training, the three auxiliary logits.
         """
         cost = self.cost_volume(image_embedding, text_embeddings).transpose(1, 2)  # (B, T, P, h, w)
-        cost = _class_maps(cost)
+        cost = channels_last_class_maps(cost)
         x = self.cost_embed(cost.transpose(1, 2))  # (B, T, hidden, h, w), channels-last maps
         height, width = cost.shape[-2:]
         skips = []
@@ -263,10 +237,10 @@ class SEDDecoder(nn.Module):
         for index, stage in enumerate(self.stages):
             if self.training:
                 # stop-gradient #2: the rejection heads never train the decoder
-                aux_logits.append(_class_logits(self.aux_heads[index], x.detach()))
+                aux_logits.append(self.aux_heads[index](x.detach()))
             cost = self._upsample_cost(index, cost)
             x = stage(x, skips[index], cost, chunk_classes=self._chunk_classes(cost))
-        return SEDOutput(_class_logits(self.head, x), tuple(aux_logits))
+        return SEDOutput(self.head(x), tuple(aux_logits))
 
     def _chunk_classes(self, stage_output: Tensor) -> int:
         if self.inference_chunk_pixels <= 0:
@@ -279,8 +253,8 @@ class SEDDecoder(nn.Module):
 
     def _rejection_keep(self, logits: Tensor, topk: int, keep_classes: int) -> Tensor:
         if keep_classes > 0:
-            return _top_n_classes(logits, keep_classes)
-        return _top_k_union(logits, topk)
+            return top_n_classes(logits, keep_classes)
+        return top_k_union(logits, topk)
 
     def _forward_with_rejection(
         self, x: Tensor, cost: Tensor, skips: list[Tensor], topk: int, keep_classes: int = 0
@@ -302,22 +276,22 @@ class SEDDecoder(nn.Module):
         classes: list[Tensor] = []  # per image: surviving class indices (into 0..T-1)
         for index, stage in enumerate(self.stages):
             if not classes:
-                keep = self._rejection_keep(_class_logits(self.aux_heads[index], x), topk, keep_classes)
+                keep = self._rejection_keep(self.aux_heads[index](x), topk, keep_classes)
                 if bool(keep.all()):
                     cost = self._upsample_cost(index, cost)
                     x = stage(x, skips[index], cost, chunk_classes=self._chunk_classes(cost))
                     continue
                 for image in range(batch):
                     survivors = keep[image].nonzero().squeeze(1)
-                    xs.append(_class_maps(x[image : image + 1, survivors]))
-                    costs.append(_class_maps(cost[image : image + 1, survivors]))
+                    xs.append(channels_last_class_maps(x[image : image + 1, survivors]))
+                    costs.append(channels_last_class_maps(cost[image : image + 1, survivors]))
                     classes.append(survivors)
             else:
                 for image in range(batch):
-                    keep = self._rejection_keep(_class_logits(self.aux_heads[index], xs[image]), topk, keep_classes)
+                    keep = self._rejection_keep(self.aux_heads[index](xs[image]), topk, keep_classes)
                     survivors = keep[0].nonzero().squeeze(1)
-                    xs[image] = _class_maps(xs[image][:, survivors])
-                    costs[image] = _class_maps(costs[image][:, survivors])
+                    xs[image] = channels_last_class_maps(xs[image][:, survivors])
+                    costs[image] = channels_last_class_maps(costs[image][:, survivors])
                     classes[image] = classes[image][survivors]
             for image in range(batch):
                 costs[image] = self._upsample_cost(index, costs[image])
@@ -328,61 +302,8 @@ class SEDDecoder(nn.Module):
                     chunk_classes=self._chunk_classes(costs[image]),
                 )
         if not classes:
-            return _class_logits(self.head, x)
-        logits = [_class_logits(self.head, x_image) for x_image in xs]
-        output = logits[0].new_full((batch, num_classes, *logits[0].shape[-2:]), float("-inf"))
-        for image, (survivors, logit) in enumerate(zip(classes, logits)):
-            output[image, survivors] = logit[0]
-        return output
-
-
-def _class_logits(head: nn.Module, x: Tensor) -> Tensor:
-    """Apply a 1-output conv head to a class-batched map: ``(B, T, C, H, W) -> (B, T, H, W)``.
-
-    At inference a plain same-padded ``Conv2d(C, 1, k)`` head on channels-last CUDA maps
-    runs as :func:`sed_d2.layers.kernels.single_output_conv2d` (one read of the maps;
-    cuDNN first converts them to NCHW). It returns the dtype the module call would (the
-    autocast dtype under autocast); the filter stays float32 there. Anything else (other
-    heads, hooks, mismatched dtypes without autocast, autograd, CPU) calls ``head``.
-    """
-    batch, num_classes = x.shape[:2]
-    maps = x.flatten(0, 1)
-    if (
-        type(head) is nn.Conv2d
-        and head.out_channels == 1
-        and head.kernel_size[0] == head.kernel_size[1]
-        and head.kernel_size[0] % 2 == 1
-        and head.padding in ((head.kernel_size[0] // 2,) * 2, "same")
-        and head.padding_mode == "zeros"
-        and head.stride == (1, 1)
-        and head.dilation == (1, 1)
-        and head.groups == 1
-        and not (head._forward_hooks or head._forward_pre_hooks)
-        # without autocast the module call needs matching dtypes (else it raises: keep that)
-        and (
-            torch.is_autocast_enabled(maps.device.type)
-            or all(t is None or t.dtype == maps.dtype for t in (head.weight, head.bias))
-        )
-        and single_output_conv2d_applies(maps, head.weight, head.bias)
-    ):
-        logits = single_output_conv2d(maps, head.weight, head.bias)
-    else:
-        logits = head(maps)
-    return logits.view(batch, num_classes, *x.shape[-2:])
-
-
-def _top_k_union(logits: Tensor, k: int) -> Tensor:
-    """``(B, T, H, W) -> (B, T)`` bool: class ``t`` is in the top-``k`` at >= 1 pixel."""
-    top = logits.topk(min(k, logits.shape[1]), dim=1).indices.flatten(1)
-    keep = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)
-    return keep.scatter_(1, top, True)
-
-
-def _top_n_classes(logits: Tensor, n: int) -> Tensor:
-    """``(B, T, H, W) -> (B, T)`` bool: the ``min(n, T)`` classes of highest maximum logit."""
-    top = logits.flatten(2).amax(-1).topk(min(n, logits.shape[1]), dim=1).indices
-    keep = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)
-    return keep.scatter_(1, top, True)
+            return self.head(x)
+        return scatter_classes([self.head(x_image)[0] for x_image in xs], classes, num_classes)
 
 
 def build_sed_decoder_for(clip_model: nn.Module, num_templates: int, **kwargs) -> SEDDecoder:

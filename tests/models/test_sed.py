@@ -1,13 +1,9 @@
-import textwrap
-
 import pytest
 import torch
-from torch import nn
 
 from sed_d2.clip import build_clip_model, dense_feature_channels
-from sed_d2.layers import Conv2dReLU, cosine_cost_volume
+from sed_d2.layers import cosine_cost_volume
 from sed_d2.models import SEDDecoder, SEDModel, SEDOutput, build_sed_decoder_for
-from sed_d2.models.sed import _class_logits
 
 P = 4  # templates
 SKIP_CHANNELS = (12, 10, 8)  # res4, res3, res2
@@ -234,13 +230,13 @@ def _reference_cer(decoder, image, text, skips, k):
     guidance = [proj(skips[name]) for proj, name in zip(decoder.skip_projections, ("res4", "res3", "res2"))]
     alive = torch.arange(x.shape[0])
     for i, stage in enumerate(decoder.stages):
-        aux = decoder.aux_heads[i](x)[:, 0]  # (t, h, w)
+        aux = decoder.aux_heads[i](x.unsqueeze(0))[0]  # (t, h, w)
         top = aux.argsort(dim=0, descending=True)[:k]
         keep = torch.bincount(top.flatten(), minlength=x.shape[0]) > 0
         x, cost, alive = x[keep], cost[keep], alive[keep]
         cost = decoder.cost_upsamplers[i](cost)
         x = stage(x.unsqueeze(0), guidance[i], cost.unsqueeze(0))[0]
-    logits = decoder.head(x)[:, 0]
+    logits = decoder.head(x.unsqueeze(0))[0]
     output = torch.full((1, text.shape[0], *logits.shape[-2:]), float("-inf"))
     output[0, alive] = logits
     return output
@@ -392,13 +388,13 @@ def test_cer_forced_keep_matches_a_top_n_reference():
         guidance = [proj(skips[name]) for proj, name in zip(decoder.skip_projections, ("res4", "res3", "res2"))]
         alive = torch.arange(x.shape[0])
         for i, stage in enumerate(decoder.stages):
-            score = decoder.aux_heads[i](x)[:, 0].flatten(1).amax(1)
+            score = decoder.aux_heads[i](x.unsqueeze(0))[0].flatten(1).amax(1)
             keep = score.topk(min(3, len(score))).indices.sort().values
             x, cost, alive = x[keep], cost[keep], alive[keep]
             cost = decoder.cost_upsamplers[i](cost)
             x = stage(x.unsqueeze(0), guidance[i], cost.unsqueeze(0))[0]
         reference = torch.full_like(ours, float("-inf"))
-        reference[0, alive] = decoder.head(x)[:, 0]
+        reference[0, alive] = decoder.head(x.unsqueeze(0))[0]
     assert torch.equal(torch.isneginf(ours), torch.isneginf(reference))
     finite = torch.isfinite(ours)
     torch.testing.assert_close(ours[finite], reference[finite], rtol=1e-5, atol=1e-5)
@@ -421,82 +417,3 @@ def test_chunked_losses_equal_plain_losses():
             assert a is None
         else:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
-
-
-# ----------------------------------------------------------------------------- _class_logits
-# At inference on channels-last CUDA maps a plain Conv2d(C, 1, 3, padding=1) head runs as the
-# Triton kernel single_output_conv2d; on CPU that kernel runs in Triton's interpreter (a
-# subprocess with TRITON_INTERPRET=1, as in tests/layers/test_kernels.py). Everything else
-# calls the module.
-from tests.helpers import run_in_triton_interpreter
-
-
-_CHECK = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-    from sed_d2.layers import Conv2dReLU, kernels
-    from sed_d2.models.sed import _class_logits
-
-    launches = []
-    forward = kernels._single_output_conv_forward
-    def counting(*args):
-        launches.append(args[0].shape)
-        return forward(*args)
-    kernels._single_output_conv_forward = counting
-
-    torch.manual_seed(0)
-    B, T, C, H, W = 2, 3, 16, 7, 9
-    head = nn.Conv2d(C, 1, 3, padding=1)
-    x = torch.randn(B * T, C, H, W).contiguous(memory_format=torch.channels_last).unflatten(0, (B, T))
-    plain = head(x.flatten(0, 1)).view(B, T, H, W)  # grad enabled, params need grad: the module
-    assert not launches and plain.grad_fn is not None
-    assert _class_logits(head, x).grad_fn is not None and not launches
-    with torch.no_grad():
-        out = _class_logits(head, x)
-        assert len(launches) == 1 and out.shape == (B, T, H, W) and out.dtype == torch.float32
-        torch.testing.assert_close(out, plain.detach(), rtol=1e-5, atol=1e-5)
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # the module's dtype under autocast
-            fast, module = _class_logits(head, x), head(x.flatten(0, 1))
-            fast16 = _class_logits(head, x.bfloat16())
-        assert len(launches) == 3 and fast.dtype == module.dtype == fast16.dtype == torch.bfloat16
-        torch.testing.assert_close(fast.float(), module.float().view(B, T, H, W), rtol=2e-2, atol=5e-2)
-        torch.testing.assert_close(fast16.float(), module.float().view(B, T, H, W), rtol=2e-2, atol=5e-2)
-        # a bf16 head on bf16 maps, no autocast: the kernel, as the module call would give
-        out16 = _class_logits(head.bfloat16(), x.bfloat16())
-        assert len(launches) == 4 and out16.dtype == torch.bfloat16
-        torch.testing.assert_close(out16.float(), plain.detach(), rtol=2e-2, atol=5e-2)
-        head.float()
-        # not taken: NCHW maps, a Conv2d subclass (its own forward), a dilated head, a forward hook,
-        # and a float32 head on bf16 maps without autocast (the module raises; so must we)
-        _class_logits(head, x.contiguous())
-        relu_head = Conv2dReLU(C, 1, 3, padding=1)
-        _class_logits(relu_head, x)
-        _class_logits(nn.Conv2d(C, 1, 3, padding=2, dilation=2), x)
-        hooked = nn.Conv2d(C, 1, 3, padding=1)
-        hooked.register_forward_hook(lambda m, a, out: out * 0)
-        assert _class_logits(hooked, x).abs().max() == 0
-        try:
-            _class_logits(head, x.bfloat16())
-            raise AssertionError("mixed dtypes must raise as the module call does")
-        except RuntimeError:
-            pass
-        assert len(launches) == 4
-    print("ok")
-    """
-)
-
-
-def test_class_logits_kernel_in_the_interpreter():
-    pytest.importorskip("triton", reason="Triton is not installed: the kernel cannot run here")
-    run_in_triton_interpreter(_CHECK)
-
-
-def test_class_logits_on_cpu_is_the_module():
-    torch.manual_seed(1)
-    head = nn.Conv2d(8, 1, 3, padding=1).double()
-    x = torch.randn(6, 8, 5, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last).unflatten(0, (2, 3))
-    with torch.no_grad():
-        torch.testing.assert_close(_class_logits(head, x), head(x.flatten(0, 1)).view(2, 3, 5, 4), rtol=0, atol=0)
-    relu_head = Conv2dReLU(8, 1, 3, padding=1).double()
-    torch.testing.assert_close(_class_logits(relu_head, x), relu_head(x.flatten(0, 1)).view(2, 3, 5, 4), rtol=0, atol=0)
