@@ -12,3 +12,4 @@ if HAS_DETECTRON2:
     from . import data  # noqa: F401  (registration only: datasets)
     from . import meta_arch  # noqa: F401  (registration only: META_ARCH_REGISTRY)
     from .config import add_sed_d2_config  # noqa: F401
+    from .predictor import OpenVocabPredictor  # noqa: F401

@@ -14,7 +14,9 @@ first test dataset. For every input ``<stem>.<ext>`` the output folder receives:
 * ``<stem>_labels.png``: the class index per pixel (uint8 PNG, uint16 with more than 255 classes);
 * ``<stem>_classes.json``: the vocabulary and the pixel count of every class.
 
-Unreadable inputs are reported by name and skipped; the exit code is then 1.
+An input that cannot be read or segmented is reported by name and the others still run; the
+exit code is then 1. A folder without images is refused before the model is built. The demo
+is a command line over :class:`sed_d2.OpenVocabPredictor`, which does the same from Python.
 """
 
 import argparse
@@ -26,11 +28,6 @@ import sys
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
-from detectron2.config import get_cfg
-from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
-from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from PIL import Image
 from tqdm import tqdm
@@ -38,9 +35,9 @@ from tqdm import tqdm
 # Run from a source checkout without `pip install -e .` too.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import sed_d2  # noqa: E402,F401  (registers meta-architectures and datasets)
-from sed_d2.config import add_sed_d2_config  # noqa: E402
-from sed_d2.engine import ConvertingCheckpointer  # noqa: E402
+from sed_d2 import OpenVocabPredictor  # noqa: E402  (importing sed_d2 registers methods and datasets)
+from sed_d2.config import get_cfg  # noqa: E402
+from sed_d2.data.io import read_image  # noqa: E402
 from sed_d2.data.vocabulary import vocabulary_of  # noqa: E402
 from sed_d2.utils.visualization import count_class_pixels, render_segmentation  # noqa: E402
 
@@ -119,15 +116,6 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_cfg(args: argparse.Namespace):
-    cfg = get_cfg()
-    add_sed_d2_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    return cfg
-
-
 def resolve_vocabulary(args: argparse.Namespace, cfg, parser: argparse.ArgumentParser):
     """The class names from --vocabulary, --dataset, or the config's first test dataset."""
     if args.vocabulary is not None:
@@ -146,17 +134,23 @@ def resolve_vocabulary(args: argparse.Namespace, cfg, parser: argparse.ArgumentP
 def expand_inputs(patterns: Sequence[str]) -> List[str]:
     """Files, folders (their images, sorted) and glob patterns -> paths, in the order given.
 
-    A pattern that matches nothing is kept as is, so that reading it fails with its name.
+    A pattern that matches nothing is kept as is, so that reading it fails with its name; a
+    folder without images is an error (``ValueError`` naming it), found before any work.
     """
     paths = []
     for pattern in patterns:
         pattern = os.path.expanduser(pattern)
         if os.path.isdir(pattern):
-            paths += sorted(
+            images = sorted(
                 os.path.join(pattern, name)
                 for name in os.listdir(pattern)
                 if name.lower().endswith(IMAGE_EXTENSIONS)
             )
+            if not images:
+                raise ValueError(
+                    f"folder {pattern} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})"
+                )
+            paths += images
         elif not os.path.exists(pattern) and any(c in pattern for c in "*?["):
             paths += sorted(glob.glob(pattern)) or [pattern]
         else:
@@ -176,33 +170,6 @@ def unique_stems(paths: Sequence[str]) -> List[str]:
         used.add(stem)
         stems.append(stem)
     return stems
-
-
-class OpenVocabPredictor:
-    """Builds the model from a config, loads its weights, and segments one RGB image."""
-
-    def __init__(self, cfg, vocabulary: Sequence[str]):
-        self.model = build_model(cfg)  # also moves it to cfg.MODEL.DEVICE
-        self.model.eval()
-        if cfg.MODEL.WEIGHTS:
-            ConvertingCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
-        else:
-            logger.warning(
-                "MODEL.WEIGHTS is empty: the model is randomly initialised, so its segmentation "
-                "is meaningless. Pass trained weights with --opts MODEL.WEIGHTS <file>."
-            )
-        self.model.set_vocabulary(list(vocabulary))
-        # The model resizes to its CLIP resolution itself; this is the usual detectron2 test
-        # resize, so the demo sees images exactly as evaluation does.
-        self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-
-    @torch.no_grad()
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 RGB -> (T, H, W) class scores at the image's own size."""
-        height, width = image.shape[:2]
-        resized = self.resize.get_transform(image).apply_image(image)
-        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-        return self.model([{"image": tensor, "height": height, "width": width}])[0]["sem_seg"]
 
 
 def save_outputs(
@@ -247,28 +214,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
     setup_logger(name="sed_d2")
-    cfg = setup_cfg(args)
+    cfg = get_cfg(args.config_file, args.opts)
     vocabulary = resolve_vocabulary(args, cfg, parser)
+    try:
+        paths = expand_inputs(args.input)
+    except ValueError as e:
+        parser.error(str(e))
     logger.info("Vocabulary (%d classes): %s", len(vocabulary), "; ".join(vocabulary))
 
-    predictor = OpenVocabPredictor(cfg, vocabulary)
+    predictor = OpenVocabPredictor(cfg, vocabulary=vocabulary)
     os.makedirs(args.output, exist_ok=True)
-    paths = expand_inputs(args.input)
     failed = []
     for path, stem in tqdm(list(zip(paths, unique_stems(paths))), desc="demo", unit="image"):
         try:
-            image = read_image(path, format="RGB")
-        except (OSError, ValueError) as e:  # missing, unreadable or not an image
+            image = read_image(path)
+        except (OSError, ValueError) as e:  # missing, unreadable or not an image; names the file
             logger.error("Cannot read input image %s: %s", path, e)
             failed.append(path)
             continue
-        labels = predictor(image).argmax(dim=0).cpu().numpy()
-        save_outputs(args.output, stem, path, image, labels, vocabulary, args.alpha)
+        try:
+            result = predictor(image)
+            save_outputs(args.output, stem, path, image, result.labels, vocabulary, args.alpha)
+        except Exception as e:  # one input's failure (e.g. out of memory) must not stop the others
+            logger.error("Cannot segment %s: %s: %s", path, type(e).__name__, e)
+            failed.append(path)
 
     done = len(paths) - len(failed)
     logger.info("Segmented %d of %d inputs into %s", done, len(paths), args.output)
     if failed:
-        logger.error("%d input(s) could not be read: %s", len(failed), ", ".join(failed))
+        logger.error("%d input(s) failed: %s", len(failed), ", ".join(failed))
         return 1
     return 0
 

@@ -1,7 +1,6 @@
 """tools/demo.py: vocabulary parsing, and a real run of the tiny SED on synthetic images."""
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -14,25 +13,18 @@ pytest.importorskip(
     "detectron2", reason="detectron2 is not installed: tools/demo.py cannot be tested"
 )
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY_CONFIG = os.path.join(REPO_ROOT, "configs", "sed", "tiny.yaml")
+from tests.d2_helpers import ROOT, load_tool  # noqa: E402
+
+TINY_CONFIG = os.path.join(ROOT, "configs", "sed", "tiny.yaml")
 
 
 @pytest.fixture(scope="module")
 def demo():
-    """tools/demo.py loaded as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "sed_d2_demo", os.path.join(REPO_ROOT, "tools", "demo.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("demo")
 
 
 @pytest.fixture
 def tiny_config():
-    if not os.path.exists(TINY_CONFIG):
-        pytest.skip(f"{TINY_CONFIG} does not exist yet: the demo cannot build a model")
     return TINY_CONFIG
 
 
@@ -181,6 +173,44 @@ def test_demo_segments_with_a_free_vocabulary_and_reports_bad_inputs(
         _check_outputs(output_dir, os.path.splitext(os.path.basename(path))[0], path, vocabulary)
     assert not any(name.startswith("broken") for name in os.listdir(output_dir))
     assert any(broken in message for message in errors.messages), errors.messages
+
+
+def test_one_failing_input_is_reported_and_the_others_still_run(demo, tiny_config, scenes, tmp_path, monkeypatch):
+    good, _ = scenes
+    segment = demo.OpenVocabPredictor.__call__
+
+    def fail_on_png(self, image, vocabulary=None):
+        if image.shape[:2] == np.asarray(Image.open(good[1])).shape[:2]:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return segment(self, image, vocabulary)
+
+    monkeypatch.setattr(demo.OpenVocabPredictor, "__call__", fail_on_png)
+    output_dir = str(tmp_path / "out")
+    errors = _ListHandler()
+    demo.logger.addHandler(errors)
+    try:
+        exit_code = demo.main(
+            ["--config-file", tiny_config, "--input", good[1], good[0], "--output", output_dir,
+             "--vocabulary", "sky,grass"]
+        )  # fmt: skip
+    finally:
+        demo.logger.removeHandler(errors)
+    assert exit_code == 1
+    _check_outputs(output_dir, "scene0", good[0], ["sky", "grass"])  # after the failure
+    assert not any(name.startswith("scene1") for name in os.listdir(output_dir))
+    assert f"Cannot segment {good[1]}: RuntimeError: CUDA out of memory (simulated)" in errors.messages
+
+
+def test_a_folder_without_images_is_a_usage_error_before_any_work(demo, tiny_config, tmp_path, capsys, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no image here")
+    monkeypatch.setattr(demo, "OpenVocabPredictor", None)  # building a model would fail the test
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--config-file", tiny_config, "--input", str(empty), "--output", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert f"folder {empty} holds no images (looked for .jpg" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_demo_defaults_to_the_config_test_dataset(demo, tiny_config, scenes, tmp_path):
