@@ -26,10 +26,20 @@ method's internals.
   cannot be split.
 * ``logits_to_scores(logits)``: per-class scores in [0, 1]; the default is a float32
   sigmoid. ``forward_test(images, text)`` is ``logits_to_scores(network_logits(...))``.
+* ``benchmark_variants()`` (optional): ``{name: value -> context manager}``, method-specific
+  ways to run inference that ``tools/benchmark.py`` measures as extra cases (SED:
+  ``cer_keep``, a fixed number of classes surviving early rejection). Default: none.
+
+**What tools call** (provided here): ``set_vocabulary(names)`` / ``vocabulary`` /
+``text_embeddings()``; ``prepare_images(images)``; ``network_logits`` and its split;
+``inference_scores(images)`` (per-image scores at the protocol's working size, what the
+predictor resizes in chunks); ``autocast(dtype)`` with the configured ``train_dtype`` /
+``test_dtype``; ``parameter_groups`` (the optimizer); ``forward(batched_inputs)`` (detectron2:
+losses in training, ``{"sem_seg": (T, H, W)}`` per image at inference).
 """
 import logging
 from contextlib import nullcontext
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -329,6 +339,11 @@ class OpenVocabSegmentor(nn.Module):
             )
         features = self.run_network(f"{name}_image_features", self.image_features, images)
         return self.decode(features, text_embeddings)
+
+    def benchmark_variants(self) -> Dict[str, Callable[[int], ContextManager]]:
+        """Method-specific inference variants for ``tools/benchmark.py``: ``{name: value ->
+        context manager}``; inside the context the model runs that variant. None here."""
+        return {}
 
     def logits_to_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-class scores in [0, 1]: a sigmoid in float32, also under bf16 (bf16 probabilities

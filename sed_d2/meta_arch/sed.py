@@ -1,12 +1,15 @@
 """SED as a detectron2 meta-architecture (registered name ``SED``)."""
-from typing import Dict
+from contextlib import contextmanager
+from functools import partial
+from typing import Callable, ContextManager, Dict, Iterator, Optional
 
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..clip import build_clip_model, get_templates
-from ..models.sed import SEDModel, build_sed_decoder_for
+from ..layers import top_k_union, top_n_classes
+from ..models.sed import RejectionRule, SEDModel, build_sed_decoder_for
 from .base import OpenVocabSegmentor
 
 __all__ = ["SED"]
@@ -25,24 +28,22 @@ class SED(OpenVocabSegmentor):
         self,
         *,
         model: SEDModel,
-        cer_topk: int = 0,
+        rejection_rule: Optional[RejectionRule] = None,
         ignore_as_negative: bool = True,
         **kwargs,
     ):
         """
         Args:
             model: the SED network (CLIP + decoder).
-            cer_topk: category early rejection at inference: keep a class if it is in the
-                top-k of at least one pixel at each rejection point; 0 = off.
+            rejection_rule: category early rejection at inference
+                (:data:`sed_d2.models.sed.RejectionRule`); from the config
+                ``partial(top_k_union, k=MODEL.SED.CER_TOPK)``; None = off.
             ignore_as_negative: ignored pixels count as all-negative BCE targets (official).
             kwargs: arguments of :class:`OpenVocabSegmentor`.
         """
         super().__init__(**kwargs)
         self.model = model
-        self.cer_topk = cer_topk
-        # Benchmarks only (tools/benchmark.py): > 0 makes rejection keep exactly this many
-        # classes per image (SEDDecoder.forward's cer_keep_classes). Not a config key.
-        self.cer_keep_classes = 0
+        self.rejection_rule = rejection_rule
         self.ignore_as_negative = ignore_as_negative
 
     @classmethod
@@ -70,7 +71,7 @@ class SED(OpenVocabSegmentor):
         )
         ret.update(
             model=SEDModel(clip_model, decoder, clip_finetune=ovseg.CLIP_FINETUNE),
-            cer_topk=sed.CER_TOPK,
+            rejection_rule=partial(top_k_union, k=sed.CER_TOPK) if sed.CER_TOPK > 0 else None,
             ignore_as_negative=sed.IGNORE_AS_NEGATIVE,
         )
         return ret
@@ -94,12 +95,26 @@ class SED(OpenVocabSegmentor):
         return self.model.image_features(images)
 
     def decode(self, features, text_embeddings: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(
-            features, text_embeddings, cer_topk=self.cer_topk, cer_keep_classes=self.cer_keep_classes
-        ).logits
+        return self.model.decode(features, text_embeddings, self.rejection_rule).logits
 
     @property
     def decode_capturable(self) -> bool:
         """Category early rejection keeps data-dependent class counts: then only the image
         tower is replayed from a CUDA graph and the decoder runs eagerly."""
-        return self.cer_topk <= 0 and self.cer_keep_classes <= 0
+        return self.rejection_rule is None
+
+    def benchmark_variants(self) -> Dict[str, Callable[[int], ContextManager]]:
+        """``cer_keep``: category early rejection that keeps exactly ``min(n, alive)`` classes
+        per image at every rejection point (the highest maximum auxiliary logits), so the
+        rejection path's cost is measured for a known number of survivors (random weights
+        reject nothing under the top-k rule)."""
+        return {"cer_keep": self._keeping_classes}
+
+    @contextmanager
+    def _keeping_classes(self, n: int) -> Iterator[None]:
+        previous = self.rejection_rule
+        self.rejection_rule = partial(top_n_classes, n=n)
+        try:
+            yield
+        finally:
+            self.rejection_rule = previous

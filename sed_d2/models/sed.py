@@ -8,15 +8,16 @@ the official behaviour is the default and the paper's variant is an argument:
   targets (code); ``False`` excludes them (paper).
 * ``SEDDecoder(pooling_size=(2, 2), test_pooling_size=(1, 1))``: the class-attention
   pooling of the training config and of the official ``eval.sh`` override.
-* Category early rejection (``cer_topk``) works per image for any batch size (the
-  official code only supports batch size 1) and returns ``-inf`` logits for rejected
-  classes (the official code returns probability 0 for them).
+* Category early rejection (a ``rejection_rule``, SED's is ``top_k_union`` with the
+  config's ``k``) works per image for any batch size (the official code only supports
+  batch size 1) and returns ``-inf`` logits for rejected classes (the official code returns
+  probability 0 for them).
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -34,13 +35,19 @@ from ..layers import (
     channels_last_class_maps,
     in_class_chunks,
     scatter_classes,
-    top_k_union,
-    top_n_classes,
 )
 from ..losses import one_hot_bce_loss
 from .parameter_groups import ParameterGroupTable, assign_parameter_groups
 
-__all__ = ["SEDDecoder", "SEDModel", "SEDOutput", "SEDStage", "build_sed_decoder_for"]
+__all__ = ["RejectionRule", "SEDDecoder", "SEDModel", "SEDOutput", "SEDStage", "build_sed_decoder_for"]
+
+# Category early rejection: an auxiliary head's (B, T, H, W) logits -> (B, T) bool, the
+# classes that go on to the next stage. SED's rule is ``partial(top_k_union, k=k)``
+# (sed_d2.layers); benchmarks fix the survivors with ``partial(top_n_classes, n=n)``.
+RejectionRule = Callable[[Tensor], Tensor]
+
+# The dense features that feed the decoder stages, coarse to fine.
+SKIP_FEATURE_NAMES = ("res4", "res3", "res2")
 
 
 class SEDOutput(NamedTuple):
@@ -153,7 +160,7 @@ class SEDDecoder(nn.Module):
         cost_embed_kernel: int = 7,
         pooling_size: Sequence[int] = (2, 2),
         test_pooling_size: Sequence[int] = (1, 1),
-        skip_feature_names: Sequence[str] = ("res4", "res3", "res2"),
+        skip_feature_names: Sequence[str] = SKIP_FEATURE_NAMES,
         inference_chunk_pixels: int = 2**23,
     ) -> None:
         super().__init__()
@@ -198,8 +205,7 @@ class SEDDecoder(nn.Module):
         image_embedding: Tensor,
         text_embeddings: Tensor,
         skip_features: Mapping[str, Tensor],
-        cer_topk: int = 0,
-        cer_keep_classes: int = 0,
+        rejection_rule: Optional[RejectionRule] = None,
     ) -> SEDOutput:
         """
         Args:
@@ -207,14 +213,8 @@ class SEDDecoder(nn.Module):
             text_embeddings: ``(T, P, C)``, shared by the batch.
             skip_features: ``res4`` / ``res3`` / ``res2`` at ``2x``, ``4x``, ``8x`` the
                 ``(h, w)`` grid. Used as given (the caller detaches them).
-            cer_topk: ``k`` of category early rejection; used only in eval mode and when
-                ``> 0`` (the official code also ignores it in training).
-            cer_keep_classes: for measuring the rejection path (benchmarks, diagnostics):
-                when ``> 0`` (eval mode), every rejection point keeps exactly the
-                ``min(n, alive)`` classes with the highest maximum auxiliary logit of the
-                image instead of the top-``k`` union, so the number of surviving classes
-                is fixed whatever the weights (random weights reject nothing).
-                ``cer_topk`` is then ignored.
+            rejection_rule: category early rejection (:data:`RejectionRule`), in eval mode
+                only (the official code also ignores it in training); None = off.
 
         Returns:
             :class:`SEDOutput` with ``(B, T, 8h, 8w)`` logits (``-inf`` for classes
@@ -231,8 +231,8 @@ class SEDDecoder(nn.Module):
             if tuple(feature.shape[-2:]) != expected:
                 raise ValueError(f"skip feature {name!r} is {tuple(feature.shape[-2:])}, expected {expected}")
             skips.append(projection(feature.contiguous(memory_format=torch.channels_last)))
-        if (cer_topk > 0 or cer_keep_classes > 0) and not self.training:
-            return SEDOutput(self._forward_with_rejection(x, cost, skips, cer_topk, cer_keep_classes))
+        if rejection_rule is not None and not self.training:
+            return SEDOutput(self._forward_with_rejection(x, cost, skips, rejection_rule))
         aux_logits = []
         for index, stage in enumerate(self.stages):
             if self.training:
@@ -251,20 +251,15 @@ class SEDDecoder(nn.Module):
         batch, num_classes = cost.shape[:2]
         return self.cost_upsamplers[index](cost.flatten(0, 1)).unflatten(0, (batch, num_classes))
 
-    def _rejection_keep(self, logits: Tensor, topk: int, keep_classes: int) -> Tensor:
-        if keep_classes > 0:
-            return top_n_classes(logits, keep_classes)
-        return top_k_union(logits, topk)
-
     def _forward_with_rejection(
-        self, x: Tensor, cost: Tensor, skips: list[Tensor], topk: int, keep_classes: int = 0
+        self, x: Tensor, cost: Tensor, skips: list[Tensor], rejection_rule: RejectionRule
     ) -> Tensor:
         """Category early rejection (paper 3.3, official ``fast_conv_decoder``).
 
         Before every stage, the auxiliary head of that stage scores the classes still
-        alive; a class survives if it is among the top-``k`` classes of at least one pixel
-        of the image (or, with ``keep_classes``, among the ``keep_classes`` best by maximum
-        score). Following stages (class attention included) see the survivors only.
+        alive and ``rejection_rule`` picks the survivors (SED: a class survives if it is
+        among the top-``k`` classes of at least one pixel of the image). Following stages
+        (class attention included) see the survivors only.
 
         The batch runs jointly while no image has rejected anything (so ``k >= T`` runs
         exactly the plain path); from the first rejection on, each image runs on its own,
@@ -276,7 +271,7 @@ class SEDDecoder(nn.Module):
         classes: list[Tensor] = []  # per image: surviving class indices (into 0..T-1)
         for index, stage in enumerate(self.stages):
             if not classes:
-                keep = self._rejection_keep(self.aux_heads[index](x), topk, keep_classes)
+                keep = rejection_rule(self.aux_heads[index](x))
                 if bool(keep.all()):
                     cost = self._upsample_cost(index, cost)
                     x = stage(x, skips[index], cost, chunk_classes=self._chunk_classes(cost))
@@ -288,7 +283,7 @@ class SEDDecoder(nn.Module):
                     classes.append(survivors)
             else:
                 for image in range(batch):
-                    keep = self._rejection_keep(self.aux_heads[index](xs[image]), topk, keep_classes)
+                    keep = rejection_rule(self.aux_heads[index](xs[image]))
                     survivors = keep[0].nonzero().squeeze(1)
                     xs[image] = channels_last_class_maps(xs[image][:, survivors])
                     costs[image] = channels_last_class_maps(costs[image][:, survivors])
@@ -306,12 +301,18 @@ class SEDDecoder(nn.Module):
         return scatter_classes([self.head(x_image)[0] for x_image in xs], classes, num_classes)
 
 
-def build_sed_decoder_for(clip_model: nn.Module, num_templates: int, **kwargs) -> SEDDecoder:
+def build_sed_decoder_for(
+    clip_model: nn.Module, num_templates: int, *, skip_feature_names: Sequence[str] = SKIP_FEATURE_NAMES, **kwargs
+) -> SEDDecoder:
     """Build a :class:`SEDDecoder` whose skip channels are read off ``clip_model.visual``
     (``dense_feature_channels``); ``kwargs`` go to the constructor."""
     channels = dense_feature_channels(clip_model.visual)
-    names = tuple(kwargs.get("skip_feature_names", ("res4", "res3", "res2")))
-    return SEDDecoder(text_channels=num_templates, skip_channels=tuple(channels[name] for name in names), **kwargs)
+    return SEDDecoder(
+        text_channels=num_templates,
+        skip_channels=tuple(channels[name] for name in skip_feature_names),
+        skip_feature_names=skip_feature_names,
+        **kwargs,
+    )
 
 
 class SEDModel(nn.Module):
@@ -350,44 +351,32 @@ class SEDModel(nn.Module):
         self.clip_model = clip_model
         self.decoder = decoder
         self.clip_finetune = clip_finetune
-        # Run timm's trunk modules on channels-last images (float32 inference). Off: on an
-        # H200, cuDNN's float32 NHWC depthwise convolutions of the trunk are slower than NCHW.
-        self.trunk_channels_last = False
-        # At inference under autocast (bf16), run the image trunk in the autocast dtype
-        # through the fast ConvNeXt path (True), or in float32 through timm's modules
-        # (False, TF32 if allowed; the behaviour before 2026-11-23). H200, 768x768,
-        # batch 1, replayed from a CUDA graph: 3.3 ms against 5.0 ms. Eagerly the fast
-        # path is launch bound at batch 1 (about 16 ms against 6 ms), but inference replays
-        # CUDA graphs by default (MODEL.OVSEG.CUDA_GRAPHS), with CER too (the trunk alone).
-        self.inference_trunk_autocast = True
         self.parameter_groups = assign_parameter_groups(self, self.PARAMETER_GROUPS[clip_finetune])
 
     def forward(
-        self, images: Tensor, text_embeddings: Tensor, cer_topk: int = 0, cer_keep_classes: int = 0
+        self, images: Tensor, text_embeddings: Tensor, rejection_rule: Optional[RejectionRule] = None
     ) -> SEDOutput:
         """
         Args:
             images: ``(B, 3, H, W)``, CLIP-normalised (H, W multiples of 32).
             text_embeddings: ``(T, P, C)`` for the current vocabulary.
-            cer_topk: category early rejection ``k`` (eval only; 0 = off).
-            cer_keep_classes: fixed number of classes kept by rejection, for measuring
-                its cost (see :meth:`SEDDecoder.forward`); 0 = off.
+            rejection_rule: category early rejection (eval only; None = off), see
+                :meth:`SEDDecoder.forward`.
         """
-        return self.decode(self.image_features(images), text_embeddings, cer_topk, cer_keep_classes)
+        return self.decode(self.image_features(images), text_embeddings, rejection_rule)
 
     def image_features(self, images: Tensor) -> dict[str, Tensor]:
         """The image tower's part of :meth:`forward`: ``clip_vis_dense`` and the decoder's
         skip features (detached: stop-gradient #1). Its shapes depend only on the images',
         so it can be replayed from a CUDA graph also when the decoder cannot (CER)."""
-        if self.trunk_channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         device_type = images.device.type
-        low_precision = not self.training and self.inference_trunk_autocast and torch.is_autocast_enabled(device_type)
-        # The fast trunk path (shared ConvNeXt block, Triton kernels): in training it saves
-        # ~26% of the trunk's step (H200, batch 4, bf16); at bf16 inference see
-        # inference_trunk_autocast. Float32 inference keeps timm's modules.
-        fast = self.training or low_precision
-        precision = nullcontext() if self.training or low_precision else torch.autocast(device_type, enabled=False)
+        # The fast trunk path (shared ConvNeXt block, Triton kernels), in the autocast dtype:
+        # in training it saves ~26% of the trunk's step (H200, batch 4, bf16); at bf16
+        # inference, replayed from a CUDA graph, 3.3 ms against 5.0 ms for timm's modules in
+        # float32 (H200, 768x768, batch 1; eagerly it is launch bound at batch 1). Float32
+        # inference keeps timm's modules.
+        fast = self.training or torch.is_autocast_enabled(device_type)
+        precision = nullcontext() if fast else torch.autocast(device_type, enabled=False)
         with precision:
             features = convnext_dense_features(self.clip_model.visual, images, fast=fast)
         dense = {name: features[name].detach() for name in self.decoder.skip_feature_names}
@@ -395,13 +384,11 @@ class SEDModel(nn.Module):
         return dense
 
     def decode(
-        self, features: Mapping[str, Tensor], text_embeddings: Tensor, cer_topk: int = 0, cer_keep_classes: int = 0
+        self, features: Mapping[str, Tensor], text_embeddings: Tensor, rejection_rule: Optional[RejectionRule] = None
     ) -> SEDOutput:
         """The decoder's part of :meth:`forward` on :meth:`image_features`' output."""
         skips = {name: features[name] for name in self.decoder.skip_feature_names}
-        return self.decoder(
-            features["clip_vis_dense"], text_embeddings, skips, cer_topk=cer_topk, cer_keep_classes=cer_keep_classes
-        )
+        return self.decoder(features["clip_vis_dense"], text_embeddings, skips, rejection_rule)
 
     @staticmethod
     def losses(

@@ -1,6 +1,12 @@
-"""The SED meta-architecture built from each shipped config (tiny CLIP swapped in)."""
+"""The SED meta-architecture built from each shipped config (tiny CLIP swapped in): what is
+particular to SED (category early rejection, its parameter groups, its configs); the checks
+every method passes are in test_contract.py."""
+from functools import partial
+
 import pytest
 import torch
+
+from sed_d2.layers import top_k_union
 
 from tests.conftest import requires_detectron2
 from tests.d2_helpers import tiny_cfg_for
@@ -72,9 +78,9 @@ def test_cer_with_all_classes_equals_plain_path_through_meta_arch():
     inputs = _inputs([(64, 64), (80, 72)])
     with torch.no_grad():
         plain = model(inputs)
-        model.cer_topk = len(model.vocabulary)
+        model.rejection_rule = partial(top_k_union, k=len(model.vocabulary))
         cer = model(inputs)
-        model.cer_topk = 1
+        model.rejection_rule = partial(top_k_union, k=1)
         rejected = model(inputs)
     for a, b in zip(plain, cer):
         assert torch.equal(a["sem_seg"], b["sem_seg"])
@@ -176,7 +182,7 @@ def test_cer_replays_only_the_image_tower():
     inputs = _inputs([(64, 64)])
     with torch.no_grad():
         plain = model(inputs)[0]["sem_seg"]
-        model.cer_topk = 10**6  # rejects nothing: the same result through the CER path
+        model.rejection_rule = partial(top_k_union, k=10**6)  # rejects nothing: the same result through the CER path
         with_cer = model(inputs)[0]["sem_seg"]
     assert names == ["sed_logits", "sed_image_features"]
     torch.testing.assert_close(with_cer, plain, rtol=0, atol=0)
@@ -228,3 +234,17 @@ def test_text_encoder_uses_the_tokenizer_of_the_configured_clip_model():
     expected = open_clip.get_tokenizer("sed_d2_tiny_convnext")
     assert type(model.text_encoder.tokenizer) is type(expected)
     assert torch.equal(model.text_encoder.tokenizer(["a photo of a cat"]), expected(["a photo of a cat"]))
+
+
+def test_cer_topk_config_is_the_top_k_union_rule_and_the_benchmark_variant_swaps_it():
+    off = _build("configs/sed/tiny.yaml")
+    assert off.rejection_rule is None and off.decode_capturable
+    model = _build("configs/sed/tiny.yaml", "MODEL.SED.CER_TOPK", "3").eval()
+    assert model.rejection_rule.func is top_k_union and model.rejection_rule.keywords == {"k": 3}
+    assert not model.decode_capturable
+    inputs = _inputs([(64, 64), (72, 80)])
+    with torch.no_grad():
+        with model.benchmark_variants()["cer_keep"](2):
+            kept = [r["sem_seg"].flatten(1).amax(1) > 0 for r in model(inputs)]  # rejected: probability 0
+        assert [int(k.sum()) for k in kept] == [2, 2]  # exactly two survivors per image
+        assert model.rejection_rule.keywords == {"k": 3}  # restored

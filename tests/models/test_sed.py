@@ -1,8 +1,10 @@
+from functools import partial
+
 import pytest
 import torch
 
 from sed_d2.clip import build_clip_model, dense_feature_channels
-from sed_d2.layers import cosine_cost_volume
+from sed_d2.layers import cosine_cost_volume, top_k_union, top_n_classes
 from sed_d2.models import SEDDecoder, SEDModel, SEDOutput, build_sed_decoder_for
 
 P = 4  # templates
@@ -141,7 +143,7 @@ def test_stop_gradient_1_skip_features_are_detached():
     captured = {}
 
     def grab(module, args, kwargs):
-        captured["image"], _, captured["skips"] = args
+        captured["image"], _, captured["skips"] = args[:3]
 
     model.decoder.register_forward_pre_hook(grab, with_kwargs=True)
     images, text, _ = _model_inputs()
@@ -181,14 +183,14 @@ def test_cer_with_k_at_least_num_classes_equals_plain_path(batch):
     with torch.no_grad():
         plain = decoder(image, text, skips).logits
         for k in (T, T + 7):
-            assert torch.equal(decoder(image, text, skips, cer_topk=k).logits, plain)
+            assert torch.equal(decoder(image, text, skips, partial(top_k_union, k=k)).logits, plain)
 
 
 def test_cer_through_the_model_with_k_at_least_num_classes():
     model = _tiny_model().eval()
     images, text, _ = _model_inputs(batch=2)
     with torch.no_grad():
-        assert torch.equal(model(images, text, cer_topk=5).logits, model(images, text).logits)
+        assert torch.equal(model(images, text, partial(top_k_union, k=5)).logits, model(images, text).logits)
 
 
 def test_cer_with_small_k_rejects_classes():
@@ -196,7 +198,7 @@ def test_cer_with_small_k_rejects_classes():
     B, T, h, w = 2, 6, 2, 2  # top-1 at 4 pixels keeps at most 4 of 6 classes
     image, text, skips = _features(B, T, h, w)
     with torch.no_grad():
-        logits = decoder(image, text, skips, cer_topk=1).logits
+        logits = decoder(image, text, skips, partial(top_k_union, k=1)).logits
     assert logits.shape == (B, T, 8 * h, 8 * w)
     rejected = torch.isneginf(logits)
     per_class = rejected.flatten(2)
@@ -210,11 +212,11 @@ def test_cer_is_per_image():
     decoder = _decoder().eval()
     image, text, skips = _features(2, 6)
     with torch.no_grad():
-        batched = decoder(image, text, skips, cer_topk=1).logits
+        batched = decoder(image, text, skips, partial(top_k_union, k=1)).logits
         singles = []
         for i in range(2):
             single_image, single_skips = _slice(image, skips, i)
-            singles.append(decoder(single_image, text, single_skips, cer_topk=1).logits)
+            singles.append(decoder(single_image, text, single_skips, partial(top_k_union, k=1)).logits)
         singles = torch.cat(singles)
     assert torch.equal(torch.isneginf(batched), torch.isneginf(singles))
     assert not torch.equal(torch.isneginf(batched[0]), torch.isneginf(batched[1]))  # the images differ
@@ -247,7 +249,7 @@ def test_cer_matches_the_official_algorithm(k):
     decoder = _decoder().eval()
     image, text, skips = _features(1, 7, 3, 3, seed=4)
     with torch.no_grad():
-        ours = decoder(image, text, skips, cer_topk=k).logits
+        ours = decoder(image, text, skips, partial(top_k_union, k=k)).logits
         reference = _reference_cer(decoder, image, text, skips, k)
     assert torch.isneginf(reference).any()
     assert torch.equal(torch.isneginf(ours), torch.isneginf(reference))
@@ -258,7 +260,7 @@ def test_cer_matches_the_official_algorithm(k):
 def test_cer_is_ignored_in_training():
     decoder = _decoder().train()
     image, text, skips = _features(1, 6)
-    out = decoder(image, text, skips, cer_topk=1)
+    out = decoder(image, text, skips, partial(top_k_union, k=1))
     assert len(out.aux_logits) == 3 and torch.isfinite(out.logits).all()
 
 
@@ -331,9 +333,8 @@ def test_bf16_autocast_keeps_the_decoder_in_bf16():
 
 
 def test_trunk_precision_at_inference_under_autocast():
-    """bf16 inference runs the trunk in bf16 (fast path) by default; with
-    inference_trunk_autocast False in float32 through timm's modules; without autocast
-    always float32. The decoder and its result are the same function either way."""
+    """bf16 inference runs the trunk in bf16 (fast path); without autocast in float32. The
+    decoder and its result are the same function either way."""
     model = _tiny_model().eval()
     images, text, _ = _model_inputs(batch=1)
     captured = {}
@@ -344,9 +345,6 @@ def test_trunk_precision_at_inference_under_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(images, text).logits
             assert captured["dense"] == torch.bfloat16
-            model.inference_trunk_autocast = False
-            model(images, text)
-            assert captured["dense"] == torch.float32
     torch.testing.assert_close(low.float(), reference, atol=0.05, rtol=0.05)
 
 
@@ -364,23 +362,23 @@ def test_forward_is_decode_of_image_features():
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_cer_forced_keep_keeps_exactly_n_classes(batch):
+def test_top_n_rule_keeps_exactly_n_classes(batch):
     decoder = _decoder().eval()
     T = 7
     image, text, skips = _features(batch, T, 3, 3, seed=6)
     with torch.no_grad():
         for n in (1, 3, T):
-            logits = decoder(image, text, skips, cer_keep_classes=n).logits
+            logits = decoder(image, text, skips, partial(top_n_classes, n=n)).logits
             kept = torch.isfinite(logits.flatten(2)[..., 0])
             assert (kept.sum(1) == n).all()
-        assert torch.equal(decoder(image, text, skips, cer_keep_classes=T).logits, decoder(image, text, skips).logits)
+        assert torch.equal(decoder(image, text, skips, partial(top_n_classes, n=T)).logits, decoder(image, text, skips).logits)
 
 
-def test_cer_forced_keep_matches_a_top_n_reference():
+def test_top_n_rule_matches_a_top_n_reference():
     decoder = _decoder().eval()
     image, text, skips = _features(1, 7, 3, 3, seed=4)
     with torch.no_grad():
-        ours = decoder(image, text, skips, cer_keep_classes=3).logits
+        ours = decoder(image, text, skips, partial(top_n_classes, n=3)).logits
         # the same nested-subset algorithm as _reference_cer, with "top 3 by max score"
         cost = cosine_cost_volume(image, text)
         x = decoder.cost_embed(cost)[0]
