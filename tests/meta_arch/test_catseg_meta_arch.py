@@ -172,7 +172,8 @@ def test_trainer_optimizer_keeps_k_rows_and_evaluation_sees_the_new_text_tower()
     model.eval()
     with torch.no_grad():
         text_after = model.text_embeddings()
-        fresh = TextEncoder(model.clip_model, model.templates, synonym_rule="first")(model.vocabulary)
+        encoder = TextEncoder(model.clip_model, model.templates, model_name=model.clip_model_name, synonym_rule="first")
+        fresh = encoder(model.vocabulary)
     assert not torch.allclose(text_after, text_before)
     assert torch.equal(text_after, fresh)
 
