@@ -30,12 +30,19 @@ from __future__ import annotations
 
 from typing import Mapping, NamedTuple, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..clip import apply_clip_finetune, vit_dense_features
-from ..layers import ClassTransformerLayer, Conv2dReLU, CostEmbedding, SkipFusion, cosine_cost_volume
+from ..layers import (
+    ClassTransformerLayer,
+    Conv2dReLU,
+    CostEmbedding,
+    SkipFusion,
+    channels_last_class_maps,
+    cosine_cost_volume,
+    scatter_classes,
+)
 from ..layers.swin import GuidedSwinBlockPair
 from ..losses import one_hot_bce_loss
 from .parameter_groups import ParameterGroupTable, assign_parameter_groups
@@ -96,11 +103,6 @@ class CATSegAggregationLayer(nn.Module):
 
     def forward(self, x: Tensor, appearance_guidance: Tensor | None, text_guidance: Tensor | None) -> Tensor:
         return self.class_block(self.spatial(x, appearance_guidance), text_guidance)
-
-
-def _class_maps(x: Tensor) -> Tensor:
-    """``(B, T, C, H, W)`` with every class map channels-last (free if it already is)."""
-    return x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
 
 
 class CATSegDecoder(nn.Module):
@@ -195,7 +197,7 @@ class CATSegDecoder(nn.Module):
 
     def embed(self, cost: Tensor) -> Tensor:
         """``(B, P, T, h, w) -> (B, T, hidden_dim, h, w)``, channels-last class maps."""
-        return _class_maps(self.cost_embed(cost))
+        return channels_last_class_maps(self.cost_embed(cost))
 
     def text_guidance_of(self, text_embeddings: Tensor, classes: Tensor | None, batch: int) -> Tensor:
         """``ReLU(Linear(normalize(mean_P(normalize(text)))))``: ``(B, T', text_guidance_dim)``
@@ -226,8 +228,7 @@ class CATSegDecoder(nn.Module):
         classes at :data:`PRUNED_CLASS_LOGIT`."""
         if classes is None:
             return logits
-        full = logits.new_full((logits.shape[0], num_classes, *logits.shape[-2:]), PRUNED_CLASS_LOGIT)
-        return full.scatter(1, classes[:, :, None, None].expand(-1, -1, *logits.shape[-2:]), logits)
+        return scatter_classes(list(logits), list(classes), num_classes, fill=PRUNED_CLASS_LOGIT)
 
 
 def build_catseg_decoder_for(clip_model: nn.Module, num_templates: int = 1, **kwargs) -> CATSegDecoder:
