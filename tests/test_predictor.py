@@ -1,5 +1,5 @@
-"""sed_d2.predictor: image inputs, the chunked full-size argmax, and OpenVocabPredictor on every
-method's tiny config (labels and scores equal the meta-architecture's own output)."""
+"""sed_d2.predictor: the chunked full-size argmax, image inputs, and OpenVocabPredictor on every
+method's tiny config (what evaluation computes, any batch, any vocabulary, clear errors)."""
 import glob
 import os
 
@@ -15,6 +15,7 @@ pytestmark = requires_detectron2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*", "tiny.yaml")))
+WORDS = ["cat, kitten", "dog", "grass"]
 
 
 def _image(height=50, width=70, seed=0):
@@ -22,23 +23,33 @@ def _image(height=50, width=70, seed=0):
 
 
 # ----------------------------------------------------------------------------- full-size argmax
-@pytest.mark.parametrize("max_elements", [1, 7 * 9 * 3, 10**9])  # a class at a time, 3 at a time, all
-def test_resized_argmax_equals_the_full_resize_whatever_the_chunks(max_elements):
-    from sed_d2.predictor import resized_argmax
+def test_pointwise_bilinear_resize_is_pytorchs_bilinear_resize():
+    from sed_d2.predictor import pointwise_bilinear_resize
+
+    g = torch.Generator().manual_seed(0)
+    for (h, w), size in (((5, 6), (7, 9)), ((12, 9), (50, 31)), ((20, 30), (8, 11)), ((1, 4), (3, 3))):
+        maps = torch.rand(4, h, w, generator=g)
+        expected = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
+        # Both place source pixels in float32 (positions up to 50 carry ~3e-6 of rounding),
+        # a wrong weight or index would be off by ~0.1.
+        torch.testing.assert_close(pointwise_bilinear_resize(maps, size), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 100])  # a class at a time, 3 at a time (uneven), all
+def test_resized_argmax_equals_the_full_resize_exactly_whatever_the_chunks(chunk):
+    from sed_d2.predictor import pointwise_bilinear_resize, resized_argmax
 
     g = torch.Generator().manual_seed(0)
     scores = torch.rand(8, 5, 6, generator=g)
-    scores[3] = scores[0]  # exact ties at the same place in equal chunks: the first class wins
-    full = F.interpolate(scores[None], size=(7, 9), mode="bilinear", align_corners=False)[0]
-    labels, best = resized_argmax(scores, (7, 9), max_elements)
-    if max_elements > scores.numel() * 7 * 9:  # one chunk: the very same resize
-        assert torch.equal(labels, full.argmax(0)) and torch.equal(best, full.amax(0))
-    # On CPU the resize's last bit can depend on how many maps are resized together.
-    torch.testing.assert_close(best, full.amax(0), rtol=0, atol=1e-6)
-    top2 = full.topk(2, dim=0).values
-    decided = top2[0] - top2[1] > 1e-6
-    assert torch.equal(labels[decided], full.argmax(0)[decided])
-    assert not (labels == 3).any()
+    scores[4] = scores[1]  # exact ties in different chunks (of 1 and 3): the first class wins
+    scores[6, 2, 3] = float("nan")  # a NaN wins where it is, as in torch.max
+    full = pointwise_bilinear_resize(scores, (7, 9)).max(0)
+    labels, best = resized_argmax(scores, (7, 9), max_elements=chunk * 7 * 9)
+    assert torch.equal(labels, full.indices)
+    assert torch.equal(best.isnan(), full.values.isnan()) and best.isnan().any()
+    decided = ~full.values.isnan()
+    assert torch.equal(best[decided], full.values[decided])
+    assert not (labels == 4).any()  # class 4 only ever ties class 1
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -88,61 +99,143 @@ def test_rgb_array_names_an_unreadable_file(tmp_path):
 @pytest.fixture(scope="module", params=TINY_CONFIGS)
 def predictor(request):
     from sed_d2 import OpenVocabPredictor
+    from tests.d2_helpers import tiny_cfg_for
 
     torch.manual_seed(0)
-    return OpenVocabPredictor(os.path.join(ROOT, request.param), opts=["MODEL.DEVICE", "cpu"])
+    return OpenVocabPredictor(tiny_cfg_for(request.param, "TEST.IMS_PER_BATCH", "2"))
 
 
-def test_labels_and_scores_equal_the_meta_architecture_output(predictor):
+def test_labels_and_scores_are_what_evaluation_computes(predictor, tmp_path):
     from detectron2.data import MetadataCatalog
+
+    from sed_d2.data.mappers import TestImageMapper
 
     image = _image(50, 70)
     result = predictor(image)
     assert result.classes == list(MetadataCatalog.get("sed_d2_synthetic_val").stuff_classes)
     assert result.labels.shape == result.scores.shape == (50, 70)
     assert result.labels.dtype == np.int64 and result.scores.dtype == np.float32
-    # what evaluation gets: the test resize, then the model's (T, H, W) probabilities
-    resized = predictor.resize.get_transform(image).apply_image(image)
-    tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+    # evaluation: the test mapper's resize, then the model's (T, H, W) probabilities
+    path = str(tmp_path / "photo.png")
+    Image.fromarray(image).save(path)
+    inputs = TestImageMapper(predictor.cfg)({"file_name": path})
     with torch.no_grad():
-        probs = predictor.model([{"image": tensor, "height": 50, "width": 70}])[0]["sem_seg"]
-    assert np.array_equal(result.labels, probs.argmax(0).numpy())
-    assert np.array_equal(result.scores, probs.amax(0).numpy())
+        probs = predictor.model([inputs])[0]["sem_seg"]
+    top2 = probs.topk(2, dim=0).values
+    decided = (top2[0] - top2[1] > 1e-5).numpy()  # the two resizes differ in float rounding only
+    assert decided.mean() > 0.9
+    assert np.array_equal(result.labels[decided], probs.argmax(0).numpy()[decided])
+    np.testing.assert_allclose(result.scores, probs.amax(0).numpy(), rtol=0, atol=1e-5)
 
 
-def test_lists_vocabularies_per_call_and_input_kinds(predictor):
-    images = [_image(50, 70, seed=1), _image(64, 40, seed=2)]
+def test_every_input_kind_gives_the_same_result(predictor, tmp_path):
+    image = _image(40, 60, seed=3)
+    path = tmp_path / "photo.png"
+    Image.fromarray(image).save(path)
+    expected = predictor(image)
+    for same in (Image.fromarray(image), torch.from_numpy(image).permute(2, 0, 1), str(path), path):
+        result = predictor(same)
+        assert np.array_equal(result.labels, expected.labels), type(same)
+        assert np.array_equal(result.scores, expected.scores), type(same)
+
+
+def test_a_batch_equals_its_images_one_by_one(predictor, monkeypatch):
+    batches = []
+    inference_scores = predictor.model.inference_scores
+
+    def recording(images):
+        batches.append(len(images))
+        return inference_scores(images)
+
+    monkeypatch.setattr(predictor.model, "inference_scores", recording)
+    images = [_image(50, 70, seed=1), _image(64, 40, seed=2), _image(30, 90, seed=3)]
     results = predictor(images)
-    assert isinstance(results, list) and len(results) == 2
+    assert batches == [2, 1]  # TEST.IMS_PER_BATCH images per network call
+    assert isinstance(results, list) and len(results) == 3
     for image, result in zip(images, results):
-        one = predictor(torch.from_numpy(image).permute(2, 0, 1))  # a tensor, alone
-        assert np.array_equal(one.labels, result.labels) and np.array_equal(one.scores, result.scores)
+        one = predictor(image)
+        assert np.array_equal(one.labels, result.labels)
+        # The predictor is exact; SED's network itself rounds a batch of two differently from
+        # one image on CPU (its convolutions pick kernels by batch size: a few float32 steps).
+        np.testing.assert_allclose(one.scores, result.scores, rtol=0, atol=1e-6)
+    assert predictor(tuple(images[:1]))[0].labels.shape == (50, 70)  # a tuple is a list too
+
+
+def test_a_calls_vocabulary_is_that_calls_only_and_equals_a_predictor_built_with_it(predictor):
+    from sed_d2 import OpenVocabPredictor
+    from sed_d2.data.vocabulary import vocabulary_of
+
+    image = _image(50, 70, seed=4)
     default = predictor.vocabulary
-    words = ["cat, kitten", "dog", "grass"]
-    result = predictor(images[0], vocabulary=words)
-    assert result.classes == words and result.labels.max() < 3
-    assert predictor.vocabulary == default  # a call's vocabulary is that call's only
-    predictor.set_vocabulary(words)
+    result = predictor(image, vocabulary=WORDS)
+    assert result.classes == WORDS and result.labels.max() < len(WORDS)
+    assert predictor.vocabulary == default  # back after the call
+    assert predictor(image).classes == default
+
+    built = OpenVocabPredictor(predictor.cfg, vocabulary=WORDS)
+    built.model.load_state_dict(predictor.model.state_dict())
+    theirs = built(image)
+    assert theirs.classes == WORDS
+    assert np.array_equal(theirs.labels, result.labels) and np.array_equal(theirs.scores, result.scores)
+
+    predictor.set_vocabulary(WORDS)  # from now on, until changed again
     try:
-        again = predictor(images[0])
-        assert again.classes == words and np.array_equal(again.labels, result.labels)
+        again = predictor(image)
+        assert again.classes == WORDS and np.array_equal(again.labels, result.labels)
     finally:
         predictor.set_vocabulary(default)
+    by_name = predictor(image, vocabulary="sed_d2_synthetic_val")  # a registered dataset's classes
+    assert by_name.classes == vocabulary_of("sed_d2_synthetic_val") == default
 
 
-def test_weights_and_a_ready_config(tmp_path):
+def test_clear_errors(predictor, tmp_path):
+    image = _image(20, 20)
+    with pytest.raises(ValueError, match=r"vocabulary 'cat' is not a registered dataset .*list of class names \(e.g. \['cat'\]\)"):
+        predictor(image, vocabulary="cat")
+    with pytest.raises(ValueError, match="vocabulary is empty"):
+        predictor(image, vocabulary=[])
+    with pytest.raises(ValueError, match="Duplicated class names"):
+        predictor.set_vocabulary(["dog", "dog"])
+    missing = str(tmp_path / "missing.jpg")
+    with pytest.raises(OSError, match="missing.jpg"):
+        predictor([image, missing])
+    assert predictor(image).classes == predictor.vocabulary  # a failed call leaves it as it was
+
+
+def test_weights_from_a_file_and_opts(tmp_path):
     from sed_d2 import OpenVocabPredictor
-    from sed_d2.config import get_cfg
     from sed_d2.engine import ConvertingCheckpointer
+    from tests.d2_helpers import tiny_opts_for
 
-    config_file = os.path.join(ROOT, "configs", "sed", "tiny.yaml")
+    config = os.path.join("configs", "sed", "tiny.yaml")
+    opts = tiny_opts_for(config)
     torch.manual_seed(1)
-    trained = OpenVocabPredictor(config_file, opts=["MODEL.DEVICE", "cpu"])
+    trained = OpenVocabPredictor(os.path.join(ROOT, config), opts=opts)
     ConvertingCheckpointer(trained.model, save_dir=str(tmp_path)).save("weights")
     torch.manual_seed(2)  # another random init, replaced by the weights
-    cfg = get_cfg(config_file, ["MODEL.DEVICE", "cpu"])
-    loaded = OpenVocabPredictor(cfg, str(tmp_path / "weights.pth"), vocabulary=["sky", "grass"])
-    assert loaded.cfg.MODEL.WEIGHTS == str(tmp_path / "weights.pth") and cfg.MODEL.WEIGHTS == ""
+    loaded = OpenVocabPredictor(os.path.join(ROOT, config), str(tmp_path / "weights.pth"), opts=opts, vocabulary=WORDS)
+    assert loaded.cfg.MODEL.WEIGHTS == str(tmp_path / "weights.pth") and trained.cfg.MODEL.WEIGHTS == ""
     image = _image()
-    ours, theirs = loaded(image), trained(image, vocabulary=["sky", "grass"])
+    ours, theirs = loaded(image), trained(image, vocabulary=WORDS)
     assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.scores, theirs.scores)
+
+
+def test_memory_is_bounded_by_the_chunk_not_the_vocabulary(predictor, monkeypatch):
+    """With a small chunk, no resize ever holds more than the chunk's maps at full size, and
+    the result is the same as with every class in one chunk."""
+    import sed_d2.predictor as module
+
+    image = _image(90, 120, seed=5)
+    whole = predictor(image)
+    largest = []
+    resize = module.pointwise_bilinear_resize
+
+    def recording(maps, size):
+        largest.append(maps.shape[0])
+        return resize(maps, size)
+
+    monkeypatch.setattr(module, "pointwise_bilinear_resize", recording)
+    monkeypatch.setattr(predictor, "max_resize_elements", 2 * 90 * 120)
+    chunked = predictor(image)
+    assert max(largest) == 2 and len(largest) == -(-len(predictor.vocabulary) // 2)
+    assert np.array_equal(chunked.labels, whole.labels) and np.array_equal(chunked.scores, whole.scores)

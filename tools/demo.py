@@ -14,9 +14,9 @@ first test dataset. For every input ``<stem>.<ext>`` the output folder receives:
 * ``<stem>_labels.png``: the class index per pixel (uint8 PNG, uint16 with more than 255 classes);
 * ``<stem>_classes.json``: the vocabulary and the pixel count of every class.
 
-An input that cannot be read or segmented is reported by name and the others still run; the
-exit code is then 1. A folder without images is refused before the model is built. The demo
-is a command line over :class:`sed_d2.OpenVocabPredictor`, which does the same from Python.
+Images are segmented ``TEST.IMS_PER_BATCH`` at a time. An input that cannot be read or
+segmented is reported by name and the others still run; the exit code is then 1. A folder
+without images is refused before the model is built. The demo is a command line over :class:`sed_d2.OpenVocabPredictor`, which does the same from Python.
 """
 
 import argparse
@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.utils.logger import setup_logger
@@ -134,8 +134,9 @@ def resolve_vocabulary(args: argparse.Namespace, cfg, parser: argparse.ArgumentP
 def expand_inputs(patterns: Sequence[str]) -> List[str]:
     """Files, folders (their images, sorted) and glob patterns -> paths, in the order given.
 
-    A pattern that matches nothing is kept as is, so that reading it fails with its name; a
-    folder without images is an error (``ValueError`` naming it), found before any work.
+    A folder without images or a glob pattern that matches no file is an error
+    (``ValueError`` naming it), found before any work; a plain path is kept as is, so that
+    reading it fails with its name.
     """
     paths = []
     for pattern in patterns:
@@ -152,7 +153,10 @@ def expand_inputs(patterns: Sequence[str]) -> List[str]:
                 )
             paths += images
         elif not os.path.exists(pattern) and any(c in pattern for c in "*?["):
-            paths += sorted(glob.glob(pattern)) or [pattern]
+            matches = sorted(path for path in glob.glob(pattern) if os.path.isfile(path))
+            if not matches:
+                raise ValueError(f"pattern {pattern} matches no files")
+            paths += matches
         else:
             paths.append(pattern)
     return paths
@@ -209,6 +213,32 @@ def save_outputs(
     return paths
 
 
+def segment_and_save(
+    predictor: OpenVocabPredictor,
+    batch: Sequence[Tuple[str, str, np.ndarray]],
+    output_dir: str,
+    vocabulary: Sequence[str],
+    alpha: float,
+) -> List[str]:
+    """Segment ``(path, stem, image)`` inputs in one call and save each one's outputs; return
+    the paths that failed (each logged with its error) while the others are saved."""
+    results = None
+    if len(batch) > 1:
+        try:
+            results = predictor([image for _, _, image in batch])
+        except Exception:  # find the input at fault one by one (and what a batch's OOM needs)
+            pass
+    failed = []
+    for index, (path, stem, image) in enumerate(batch):
+        try:
+            result = results[index] if results is not None else predictor(image)
+            save_outputs(output_dir, stem, path, image, result.labels, vocabulary, alpha)
+        except Exception as e:  # one input's failure (e.g. out of memory) must not stop the others
+            logger.error("Cannot segment %s: %s: %s", path, type(e).__name__, e)
+            failed.append(path)
+    return failed
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the demo; returns the exit code (1 if any input failed)."""
     parser = get_parser()
@@ -224,20 +254,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     predictor = OpenVocabPredictor(cfg, vocabulary=vocabulary)
     os.makedirs(args.output, exist_ok=True)
-    failed = []
-    for path, stem in tqdm(list(zip(paths, unique_stems(paths))), desc="demo", unit="image"):
+    failed, batch = [], []  # batch: (path, stem, image) read but not yet segmented
+    inputs = list(zip(paths, unique_stems(paths)))
+    for position, (path, stem) in enumerate(tqdm(inputs, desc="demo", unit="image"), start=1):
         try:
-            image = read_image(path)
+            batch.append((path, stem, read_image(path)))
         except (OSError, ValueError) as e:  # missing, unreadable or not an image; names the file
             logger.error("Cannot read input image %s: %s", path, e)
             failed.append(path)
-            continue
-        try:
-            result = predictor(image)
-            save_outputs(args.output, stem, path, image, result.labels, vocabulary, args.alpha)
-        except Exception as e:  # one input's failure (e.g. out of memory) must not stop the others
-            logger.error("Cannot segment %s: %s: %s", path, type(e).__name__, e)
-            failed.append(path)
+        if batch and (len(batch) == predictor.batch_size or position == len(inputs)):
+            failed += segment_and_save(predictor, batch, args.output, vocabulary, args.alpha)
+            batch = []
 
     done = len(paths) - len(failed)
     logger.info("Segmented %d of %d inputs into %s", done, len(paths), args.output)

@@ -104,8 +104,10 @@ def test_expand_inputs_reads_folders_and_globs(demo, scenes, tmp_path):
     folder = os.path.dirname(good[0])
     assert demo.expand_inputs([folder]) == sorted(good + [broken])
     assert demo.expand_inputs([os.path.join(folder, "*.png")]) == [good[1]]
-    missing = os.path.join(folder, "*.gif")
+    missing = os.path.join(folder, "no_such.jpg")  # a plain path: reading it will name it
     assert demo.expand_inputs([missing, good[0]]) == [missing, good[0]]
+    with pytest.raises(ValueError, match=r"pattern .*\*\.gif matches no files"):
+        demo.expand_inputs([good[0], os.path.join(folder, "*.gif")])
 
 
 def test_save_outputs_writes_16_bit_labels_for_large_vocabularies(demo, tmp_path):
@@ -175,14 +177,23 @@ def test_demo_segments_with_a_free_vocabulary_and_reports_bad_inputs(
     assert any(broken in message for message in errors.messages), errors.messages
 
 
-def test_one_failing_input_is_reported_and_the_others_still_run(demo, tiny_config, scenes, tmp_path, monkeypatch):
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_one_failing_input_is_reported_and_the_others_still_run(
+    demo, tiny_config, scenes, tmp_path, monkeypatch, batch_size
+):
     good, _ = scenes
+    third = str(tmp_path / "inputs" / "scene2.png")
+    Image.fromarray(np.asarray(Image.open(good[0]))[:40]).save(third)  # batched with the failing one
+    failing_shape = np.asarray(Image.open(good[1])).shape[:2]
     segment = demo.OpenVocabPredictor.__call__
+    calls = []
 
-    def fail_on_png(self, image, vocabulary=None):
-        if image.shape[:2] == np.asarray(Image.open(good[1])).shape[:2]:
+    def fail_on_png(self, images, vocabulary=None):
+        batch = images if isinstance(images, list) else [images]
+        calls.append(len(batch))
+        if any(image.shape[:2] == failing_shape for image in batch):
             raise RuntimeError("CUDA out of memory (simulated)")
-        return segment(self, image, vocabulary)
+        return segment(self, images, vocabulary)
 
     monkeypatch.setattr(demo.OpenVocabPredictor, "__call__", fail_on_png)
     output_dir = str(tmp_path / "out")
@@ -190,26 +201,37 @@ def test_one_failing_input_is_reported_and_the_others_still_run(demo, tiny_confi
     demo.logger.addHandler(errors)
     try:
         exit_code = demo.main(
-            ["--config-file", tiny_config, "--input", good[1], good[0], "--output", output_dir,
-             "--vocabulary", "sky,grass"]
+            ["--config-file", tiny_config, "--input", good[1], third, good[0], "--output", output_dir,
+             "--vocabulary", "sky,grass", "--opts", "TEST.IMS_PER_BATCH", str(batch_size)]
         )  # fmt: skip
     finally:
         demo.logger.removeHandler(errors)
     assert exit_code == 1
+    # batch of 2 fails -> its images one by one, then the last image alone
+    assert calls == ([1, 1, 1] if batch_size == 1 else [2, 1, 1, 1])
+    _check_outputs(output_dir, "scene2", third, ["sky", "grass"])  # batched with the failure
     _check_outputs(output_dir, "scene0", good[0], ["sky", "grass"])  # after the failure
     assert not any(name.startswith("scene1") for name in os.listdir(output_dir))
     assert f"Cannot segment {good[1]}: RuntimeError: CUDA out of memory (simulated)" in errors.messages
+    assert f"1 input(s) failed: {good[1]}" in errors.messages
 
 
-def test_a_folder_without_images_is_a_usage_error_before_any_work(demo, tiny_config, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("kind", ["folder", "glob"])
+def test_a_folder_or_glob_without_images_is_a_usage_error_before_any_work(
+    demo, tiny_config, tmp_path, capsys, monkeypatch, kind
+):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no image here")
+    given, message = {
+        "folder": (str(empty), f"folder {empty} holds no images (looked for .jpg"),
+        "glob": (str(empty / "*.jpg"), f"pattern {empty / '*.jpg'} matches no files"),
+    }[kind]
     monkeypatch.setattr(demo, "OpenVocabPredictor", None)  # building a model would fail the test
     with pytest.raises(SystemExit) as exit_info:
-        demo.main(["--config-file", tiny_config, "--input", str(empty), "--output", str(tmp_path / "o")])
+        demo.main(["--config-file", tiny_config, "--input", given, "--output", str(tmp_path / "o")])
     assert exit_info.value.code == 2
-    assert f"folder {empty} holds no images (looked for .jpg" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
