@@ -171,7 +171,9 @@ class OpenVocabPredictor:
         config: a config file (``configs/<method>/...yaml``) or a detectron2 ``CfgNode``
             with sed_d2's keys (:func:`sed_d2.config.get_cfg`).
         weights: checkpoint file (sed_d2 or an official layout); None = ``MODEL.WEIGHTS`` of
-            the config. Without any, the model is randomly initialised (with a warning).
+            the config. It must hold every model tensor (unless
+            ``MODEL.OVSEG.ALLOW_PARTIAL_WEIGHTS``), so ``MODEL.OVSEG.CLIP_PRETRAINED`` is not
+            downloaded. Without weights the model is randomly initialised (with a warning).
         opts: ``KEY VALUE ...`` config overrides, as on the command line (``MODEL.DEVICE
             cpu``).
         vocabulary: class names (synonyms of one class joined by ", ") or a registered
@@ -198,13 +200,19 @@ class OpenVocabPredictor:
             cfg = get_cfg(config, opts)
         if weights is not None:
             cfg.MODEL.WEIGHTS = weights
+        strict = not cfg.MODEL.OVSEG.ALLOW_PARTIAL_WEIGHTS
+        if cfg.MODEL.WEIGHTS and strict:
+            # Every parameter then comes from the weights (a file that leaves any out is
+            # refused), so downloading CLIP's own first would be wasted time and a needless
+            # network dependency.
+            cfg.MODEL.OVSEG.CLIP_PRETRAINED = ""
         cfg.freeze()
         apply_runtime_flags(cfg)
         self.cfg = cfg
         self.model = build_model(cfg)  # on cfg.MODEL.DEVICE
         self.model.eval()
         if cfg.MODEL.WEIGHTS:
-            ConvertingCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+            ConvertingCheckpointer(self.model, strict=strict).load(cfg.MODEL.WEIGHTS)
         else:
             logger.warning(
                 "No weights (MODEL.WEIGHTS is empty): the model is randomly initialised, so its "

@@ -2,6 +2,7 @@
 method's tiny config (what evaluation computes, any batch, any vocabulary, clear errors)."""
 import glob
 import os
+import re
 
 import numpy as np
 import pytest
@@ -205,6 +206,7 @@ def test_clear_errors(predictor, tmp_path):
 def test_weights_from_a_file_and_opts(tmp_path):
     from sed_d2 import OpenVocabPredictor
     from sed_d2.engine import ConvertingCheckpointer
+    from sed_d2.engine.checkpointer import IncompleteWeightsError
     from tests.d2_helpers import tiny_opts_for
 
     config = os.path.join("configs", "sed", "tiny.yaml")
@@ -213,11 +215,27 @@ def test_weights_from_a_file_and_opts(tmp_path):
     trained = OpenVocabPredictor(os.path.join(ROOT, config), opts=opts)
     ConvertingCheckpointer(trained.model, save_dir=str(tmp_path)).save("weights")
     torch.manual_seed(2)  # another random init, replaced by the weights
-    loaded = OpenVocabPredictor(os.path.join(ROOT, config), str(tmp_path / "weights.pth"), opts=opts, vocabulary=WORDS)
-    assert loaded.cfg.MODEL.WEIGHTS == str(tmp_path / "weights.pth") and trained.cfg.MODEL.WEIGHTS == ""
+    # CLIP's own weights are not fetched: the file holds every tensor (a missing file would fail)
+    no_clip = opts + ["MODEL.OVSEG.CLIP_PRETRAINED", str(tmp_path / "no_such_clip.bin")]
+    weights = str(tmp_path / "weights.pth")
+    loaded = OpenVocabPredictor(os.path.join(ROOT, config), weights, opts=no_clip, vocabulary=WORDS)
+    assert loaded.cfg.MODEL.WEIGHTS == weights and trained.cfg.MODEL.WEIGHTS == ""
+    assert loaded.cfg.MODEL.OVSEG.CLIP_PRETRAINED == ""
     image = _image()
     ours, theirs = loaded(image), trained(image, vocabulary=WORDS)
     assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.scores, theirs.scores)
+
+    # weights that leave tensors out are refused, as in evaluation
+    state = torch.load(weights, weights_only=True)
+    dropped = sorted(state["model"])[0]
+    del state["model"][dropped]
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(IncompleteWeightsError, match=f"1 model tensors missing \\({re.escape(dropped)}\\)"):
+        OpenVocabPredictor(os.path.join(ROOT, config), str(tmp_path / "partial.pth"), opts=opts)
+    # ... unless asked for; CLIP's own weights are then wanted for what the file leaves out
+    partial_ok = no_clip + ["MODEL.OVSEG.ALLOW_PARTIAL_WEIGHTS", "True"]
+    with pytest.raises(FileNotFoundError, match="no_such_clip.bin"):
+        OpenVocabPredictor(os.path.join(ROOT, config), str(tmp_path / "partial.pth"), opts=partial_ok)
 
 
 def test_memory_is_bounded_by_the_chunk_not_the_vocabulary(predictor, monkeypatch):
