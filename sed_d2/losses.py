@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layers.upsampling import bilinear_resize
+from .ops import bilinear_resize
 
 __all__ = ["UpsampledOneHotBCE", "one_hot_bce_loss"]
 
@@ -29,7 +29,7 @@ def one_hot_bce_loss(
     Args:
         logits: ``(B, T, h, w)`` per-class logits; bilinearly upsampled
             (``align_corners=False``) to the target size when ``(h, w) != (H, W)``, by
-            :func:`~sed_d2.layers.bilinear_resize` (matrix products; PyTorch's upsampling
+            :func:`~sed_d2.ops.bilinear_resize` (matrix products; PyTorch's upsampling
             backward is slow).
         targets: ``(B, H, W)`` int64 class indices in ``[0, T)`` or ``ignore_value``.
         ignore_value: label of unlabelled pixels (255, 65535, 459, ...).
@@ -106,7 +106,7 @@ class UpsampledOneHotBCE(torch.autograd.Function):
         for start, _, one_hot in _upsampled_chunks(logits, targets, valid, chunk_classes, with_logits=False):
             part = logits[:, start : start + one_hot.shape[1]].detach().to(one_hot.dtype).requires_grad_(True)
             with torch.enable_grad():
-                up = _upsample(part, size)
+                up = bilinear_resize(part, size)
             grad_up = (up.detach().sigmoid() - one_hot) * scale
             if not ignore_as_negative:
                 grad_up *= valid.unsqueeze(1)
@@ -120,10 +120,6 @@ def _work_dtype(logits: Tensor) -> torch.dtype:
     return torch.promote_types(logits.dtype, torch.float32)
 
 
-def _upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    return bilinear_resize(logits, size)
-
-
 def _upsampled_chunks(logits, targets, valid, chunk_classes, with_logits=True):
     """Yield ``(first class, upsampled logits or None, one-hot)`` per chunk, in the work dtype."""
     size = tuple(targets.shape[-2:])
@@ -133,7 +129,7 @@ def _upsampled_chunks(logits, targets, valid, chunk_classes, with_logits=True):
         stop = min(start + chunk_classes, num_classes)
         classes = torch.arange(start, stop, device=targets.device).view(1, -1, 1, 1)
         one_hot = ((targets.unsqueeze(1) == classes) & valid.unsqueeze(1)).to(dtype)
-        up = _upsample(logits[:, start:stop].to(dtype), size) if with_logits else None
+        up = bilinear_resize(logits[:, start:stop].to(dtype), size) if with_logits else None
         yield start, up, one_hot
 
 

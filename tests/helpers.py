@@ -55,10 +55,18 @@ INTERPRETER_BF16_DOT = textwrap.dedent(
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_in_triton_interpreter(code: str) -> None:
+def run_in_triton_interpreter(code: str, **environment: str) -> None:
     """Run ``code`` in a fresh Python with ``TRITON_INTERPRET=1`` (set before Triton is
-    imported, so the kernels run in Triton's CPU interpreter) and the repository importable;
-    the code must print "ok" last. Fails with the subprocess's stderr."""
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    imported, so the kernels run in Triton's CPU interpreter), the fast ops on
+    (``SED_D2_FAST_OPS=1`` whatever this process has) and the repository importable;
+    ``environment`` overrides or adds variables. The code must print "ok" last. Fails with
+    the subprocess's stderr."""
+    env = {
+        **os.environ,
+        "TRITON_INTERPRET": "1",
+        "SED_D2_FAST_OPS": "1",
+        "PYTHONPATH": _ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        **environment,
+    }
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

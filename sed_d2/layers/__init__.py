@@ -1,6 +1,17 @@
-"""Shared building blocks (pure PyTorch; no detectron2, no CLIP).
+"""Shared building blocks: ``nn.Module`` s and functional blocks (no detectron2, no CLIP).
 
-Class-batched maps are ``(B, T, C, H, W)`` (see :mod:`.cost_volume`).
+Class-batched maps are ``(B, T, C, H, W)`` (see :mod:`.cost_volume` and :mod:`.class_maps`).
+Fast GPU paths are :mod:`sed_d2.ops`' (the blocks call its ops, which pick the Triton kernel
+or the PyTorch reference themselves); nothing here imports Triton.
+
+Hooks: blocks built for the fast paths read their submodules' parameters and compute with
+them through :mod:`sed_d2.ops` (on either path of an op), so they do not call those
+submodules, and hooks registered on the submodules do not fire: ``DoubleConv``'s convolutions
+and norms, ``SkipFusion.upsample`` (2x2), ``ConvNeXtBlock``'s layers
+(:func:`convnext_block_forward`), ``ClassTransformerLayer``'s norms and ``mlp.fc1`` and, on
+its fused inference path, its attention and whole MLP. A module's own hooks always fire, whichever path its
+forward takes (e.g. :class:`ClassLogitHead`, whose forward picks the kernel). To observe a
+block's computation, hook the block.
 """
 
 from .class_maps import (
@@ -13,28 +24,11 @@ from .class_maps import (
     top_n_classes,
 )
 from .class_transformer import ClassTransformerLayer, Mlp
-from .conv3x3 import conv3x3_no_bias
 from .convnext_block import ConvNeXtBlock, convnext_block_forward
 from .cost_volume import CostEmbedding, CostVolume, cosine_cost_volume
-from .fused_mlp import fused_layer_norm_mlp, fused_layer_norm_mlp_applies, layer_norm_mlp_reference
-from .linear_attention import LinearAttention, MultiHeadLinearAttention, linear_attention
-from .kernels import depthwise_conv2d, normalize_rows, single_output_conv2d
-from .norms import (
-    fold_layer_norm_into_linear,
-    group_norm,
-    layer_norm,
-    layer_norm_linear,
-    normalize_last_dim,
-)
-from .upsampling import (
-    Conv2dReLU,
-    ConvTranspose2dReLU,
-    DoubleConv,
-    SkipFusion,
-    bilinear_resize,
-    bilinear_resize_matrix,
-    conv_transpose_2x2,
-)
+from .linear_attention import LinearAttention, MultiHeadLinearAttention
+from .norms import group_norm, layer_norm, layer_norm_linear
+from .upsampling import Conv2dReLU, ConvTranspose2dReLU, DoubleConv, SkipFusion
 
 __all__ = [
     "ClassLogitHead",
@@ -49,28 +43,15 @@ __all__ = [
     "Mlp",
     "MultiHeadLinearAttention",
     "SkipFusion",
-    "bilinear_resize",
-    "bilinear_resize_matrix",
     "channels_last_class_maps",
-    "conv3x3_no_bias",
-    "conv_transpose_2x2",
     "convnext_block_forward",
     "cosine_cost_volume",
-    "depthwise_conv2d",
     "empty_class_maps",
-    "fold_layer_norm_into_linear",
-    "fused_layer_norm_mlp",
-    "fused_layer_norm_mlp_applies",
     "group_norm",
     "in_class_chunks",
     "layer_norm",
     "layer_norm_linear",
-    "layer_norm_mlp_reference",
-    "linear_attention",
-    "normalize_last_dim",
-    "normalize_rows",
     "scatter_classes",
-    "single_output_conv2d",
     "top_k_union",
     "top_n_classes",
 ]

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .kernels import single_output_conv2d, single_output_conv2d_applies
+from .. import ops
 
 __all__ = [
     "ClassLogitHead",
@@ -71,7 +71,7 @@ class ClassLogitHead(nn.Conv2d):
 
     A ``Conv2d`` subclass, so its parameters are ``weight`` ``(1, C, k, k)`` and ``bias``
     ``(1,)``, named as a plain ``nn.Conv2d`` head's. At inference on channels-last CUDA maps
-    it runs as :func:`sed_d2.layers.kernels.single_output_conv2d` (one read of the maps;
+    it runs as :func:`sed_d2.ops.single_output_conv2d` (one read of the maps;
     cuDNN first converts them to NCHW), returning the dtype the convolution would (the
     autocast dtype under autocast; the filter stays float32 there). Otherwise (autograd,
     CPU, NCHW maps, the fast ops switched off) it is the convolution. Without autocast the
@@ -87,7 +87,7 @@ class ClassLogitHead(nn.Conv2d):
         batch, num_classes = x.shape[:2]
         maps = x.flatten(0, 1)
         if self._kernel_applies(maps):
-            logits = single_output_conv2d(maps, self.weight, self.bias)
+            logits = ops.single_output_conv2d(maps, self.weight, self.bias)
         else:
             logits = super().forward(maps)
         return logits.view(batch, num_classes, *x.shape[-2:])
@@ -99,7 +99,7 @@ class ClassLogitHead(nn.Conv2d):
                 torch.is_autocast_enabled(maps.device.type)
                 or all(t is None or t.dtype == maps.dtype for t in (self.weight, self.bias))
             )
-            and single_output_conv2d_applies(maps, self.weight, self.bias)
+            and ops.single_output_conv2d_applies(maps, self.weight, self.bias)
         )
 
 

@@ -8,9 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fused_linear_attention import fused_class_linear_attention
-from .fused_mlp import fused_layer_norm_mlp
-from .kernels import triton_available
+from .. import ops
 from .linear_attention import MultiHeadLinearAttention
 from .norms import layer_norm_linear
 
@@ -79,12 +77,13 @@ class ClassTransformerLayer(nn.Module):
     ``MLP.2`` -> ``mlp.fc2``. The norms are ``nn.LayerNorm`` with eps 1e-5.
 
     Inference fast path: in eval mode with pooling ``(1, 1)``, no guidance, no autograd
-    (gradients off or nothing requires grad), channels-last class maps and Triton
-    available (CUDA or ``TRITON_INTERPRET=1``), the layer runs as the folded q/k/v
+    (gradients off or nothing requires grad), channels-last class maps and the fast ops
+    available (:func:`sed_d2.ops.available`), the layer runs as the folded q/k/v
     ``F.linear``, two Triton passes for attention + residual
-    (:mod:`.fused_linear_attention`) and one fused LayerNorm-MLP pass that also adds both
-    residuals (:mod:`.fused_mlp`; ReLU or GELU MLPs). Same function and output layout as
-    the general path, up to float rounding; training always takes the general path.
+    (:mod:`sed_d2.ops.class_linear_attention`) and one fused LayerNorm-MLP pass that also adds
+    both residuals (:mod:`sed_d2.ops.layer_norm_mlp`; ReLU or GELU MLPs). Same function and
+    output layout as the general path, up to float rounding; training always takes the
+    general path.
     """
 
     def __init__(
@@ -143,8 +142,9 @@ class ClassTransformerLayer(nn.Module):
         return x + pooled.unflatten(0, (batch, num_classes))
 
     def _mlp_activation(self) -> tuple[str, str] | None:
-        """``(activation, gelu_approximate)`` of the MLP for :func:`fused_layer_norm_mlp`,
-        or ``None`` for an activation it does not implement."""
+        """``(activation, gelu_approximate)`` of the MLP for
+        :func:`sed_d2.ops.fused_layer_norm_mlp`, or ``None`` for an activation it does not
+        implement."""
         act = self.mlp.act
         if type(act) is nn.ReLU:
             return ("relu", "none")
@@ -163,7 +163,7 @@ class ClassTransformerLayer(nn.Module):
             and self.attention.guidance_dim == 0
             and self.padding_tokens is None
             and x.dim() == 5
-            and triton_available(x)
+            and ops.available(x)
             # channels-last class maps: the (B, T, H*W, C) tokens are a view and the
             # (B, T, H*W, C) result is already the channels-last output
             and x.permute(0, 1, 3, 4, 2).is_contiguous()
@@ -178,12 +178,12 @@ class ClassTransformerLayer(nn.Module):
         tokens = x.permute(0, 1, 3, 4, 2).view(batch, num_classes, height * width, channels)
         attention = self.attention
         qkv = attention.qkv_projection(tokens, norm=self.attention_norm)  # (B, T, P, 3C), one cuBLAS linear
-        t1 = fused_class_linear_attention(qkv, tokens, attention.num_heads, attention.attention.eps)
+        t1 = ops.fused_class_linear_attention(qkv, tokens, attention.num_heads, attention.attention.eps)
         activation, approximate = self._mlp_activation()
-        out = fused_layer_norm_mlp(
-            t1, t1, self.mlp_norm, self.mlp.fc1, self.mlp.fc2, None, approximate,
-            activation=activation, extra_residual=tokens.to(t1.dtype),
-        )
+        out = ops.fused_layer_norm_mlp(
+            t1, t1, self.mlp_norm, self.mlp.fc1, self.mlp.fc2,
+            gelu_approximate=approximate, activation=activation, extra_residual=tokens.to(t1.dtype),
+        )  # fmt: skip
         return out.view(batch, num_classes, height, width, channels).permute(0, 1, 4, 2, 3)
 
     def extra_repr(self) -> str:

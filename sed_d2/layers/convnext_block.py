@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .fused_mlp import fused_layer_norm_mlp
-from .kernels import depthwise_conv2d
+from .. import ops
 
 __all__ = ["ConvNeXtBlock", "convnext_block_forward"]
 
@@ -80,8 +79,10 @@ def convnext_block_forward(
     """
     # For a channels-last x every permute below is free and the rows handed to the MLP
     # are contiguous, which lets inference take the fused Triton kernel (LayerNorm, fc1,
-    # GELU, fc2, layer scale and residual in one pass, :mod:`.fused_mlp`); with autograd
-    # or other layouts the same function runs as plain PyTorch ops.
-    y = depthwise_conv2d(x, depthwise_conv.weight, depthwise_conv.bias).permute(0, 2, 3, 1)  # (N, H, W, C)
-    out = fused_layer_norm_mlp(y, x.permute(0, 2, 3, 1), norm, fc1, fc2, layer_scale, gelu_approximate)
+    # GELU, fc2, layer scale and residual in one pass, :mod:`sed_d2.ops.layer_norm_mlp`);
+    # with autograd or other layouts the same function runs as plain PyTorch ops.
+    y = ops.depthwise_conv2d(x, depthwise_conv.weight, depthwise_conv.bias).permute(0, 2, 3, 1)  # (N, H, W, C)
+    out = ops.fused_layer_norm_mlp(
+        y, x.permute(0, 2, 3, 1), norm, fc1, fc2, layer_scale=layer_scale, gelu_approximate=gelu_approximate
+    )
     return out.permute(0, 3, 1, 2)

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import functools
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .conv3x3 import conv3x3_no_bias
-from .kernels import conv_transpose_2x2_applies, conv_transpose_2x2_into
+from .. import ops
+from ..ops.runtime import operand_dtype
 from .norms import group_norm
 
-__all__ = [
-    "Conv2dReLU",
-    "ConvTranspose2dReLU",
-    "DoubleConv",
-    "SkipFusion",
-    "bilinear_resize",
-    "bilinear_resize_matrix",
-    "conv_transpose_2x2",
-]
+__all__ = ["Conv2dReLU", "ConvTranspose2dReLU", "DoubleConv", "SkipFusion"]
 
 
 class Conv2dReLU(nn.Conv2d):
@@ -34,11 +23,11 @@ class Conv2dReLU(nn.Conv2d):
 
 class ConvTranspose2dReLU(nn.ConvTranspose2d):
     """``relu(conv_transpose(x))``; see :class:`Conv2dReLU`. The ``k = s = 2`` case runs
-    as :func:`conv_transpose_2x2`."""
+    as :func:`sed_d2.ops.conv_transpose_2x2`."""
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         if output_size is None and _is_plain_2x2(self):
-            return conv_transpose_2x2(x, self.weight, self.bias, relu=True)
+            return ops.conv_transpose_2x2(x, self.weight, self.bias, relu=True)
         return F.relu(super().forward(x, output_size))
 
 
@@ -51,38 +40,6 @@ def _is_plain_2x2(conv: nn.ConvTranspose2d) -> bool:
         and conv.dilation == (1, 1)
         and conv.groups == 1
     )
-
-
-def conv_transpose_2x2(
-    x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor | None = None, relu: bool = False
-) -> Tensor:
-    """``F.conv_transpose2d(x, weight, bias, stride=2)`` (then ReLU if asked) for a
-    ``(C, O, 2, 2)`` weight, as one matrix product over channels and a pixel shuffle
-    (every output pixel has exactly one input pixel): ``(N, C, H, W) -> (N, O, 2H, 2W)``,
-    channels-last. Much faster than cuDNN's transposed convolution on channels-last maps
-    with few channels. At inference on CUDA both are one Triton kernel
-    (:func:`sed_d2.layers.kernels.conv_transpose_2x2_into`).
-
-    ``out``: an ``(N, O, 2H, 2W)`` view whose channel axis has stride 1 (e.g. a channel
-    slice of a channels-last buffer); the pixel shuffle then writes straight into it (no
-    gradient flows through ``out``; for inference) and ``out`` is returned."""
-    if conv_transpose_2x2_applies(x, weight, bias, out):
-        return conv_transpose_2x2_into(x, weight, bias, out, relu=relu)
-    batch, channels, height, width = x.shape
-    out_channels = weight.shape[1]
-    matrix = weight.permute(0, 2, 3, 1).reshape(channels, 4 * out_channels)  # (C, (a, b, O))
-    y = F.linear(x.permute(0, 2, 3, 1), matrix.t(), None if bias is None else bias.repeat(4))
-    y = y.view(batch, height, width, 2, 2, out_channels).permute(0, 1, 3, 2, 4, 5)
-    if out is not None:
-        if tuple(out.shape) != (batch, out_channels, 2 * height, 2 * width) or out.stride(1) != 1:
-            raise ValueError(
-                f"out must be a ({batch}, {out_channels}, {2 * height}, {2 * width}) view with channel stride 1, "
-                f"got {tuple(out.shape)} with strides {out.stride()}"
-            )
-        out.permute(0, 2, 3, 1).unflatten(2, (width, 2)).unflatten(1, (height, 2)).copy_(y.relu() if relu else y)
-        return out
-    y = y.reshape(batch, 2 * height, 2 * width, out_channels).permute(0, 3, 1, 2)
-    return torch.relu_(y) if relu else y
 
 
 class DoubleConv(nn.Module):
@@ -129,7 +86,7 @@ class DoubleConv(nn.Module):
         # inference), else F.conv2d -- the same function as the modules' own calls
         addend = None
         if shared is None:
-            y = conv3x3_no_bias(x, self.conv1.weight)
+            y = ops.conv3x3_no_bias(x, self.conv1.weight)
         else:
             conv, width = self.conv1, shared.shape[1]
             if x.shape[1] + width != conv.in_channels or not 0 <= shared_at <= x.shape[1]:
@@ -139,7 +96,7 @@ class DoubleConv(nn.Module):
                 )
             weight = conv.weight
             own = torch.cat([weight[:, :shared_at], weight[:, shared_at + width :]], dim=1)
-            y = conv3x3_no_bias(x, own)
+            y = ops.conv3x3_no_bias(x, own)
             common = F.conv2d(shared, weight[:, shared_at : shared_at + width], None, conv.stride, conv.padding, conv.dilation)
             common = common.to(y.dtype)
             if torch.is_grad_enabled():
@@ -149,7 +106,7 @@ class DoubleConv(nn.Module):
                 # pass over y; on CUDA both GroupNorm kernels read y + common)
                 addend = common
         y = group_norm(y, self.norm1, relu=True, addend=addend)
-        return group_norm(conv3x3_no_bias(y, self.conv2.weight), self.norm2, relu=True)
+        return group_norm(ops.conv3x3_no_bias(y, self.conv2.weight), self.norm2, relu=True)
 
 
 class SkipFusion(nn.Module):
@@ -193,7 +150,7 @@ class SkipFusion(nn.Module):
         if cost is not None and _is_plain_2x2(up) and not torch.is_grad_enabled():
             x = self._upsample_and_concat(x, cost.flatten(0, 1))
         else:
-            parts = [conv_transpose_2x2(x, up.weight, up.bias) if _is_plain_2x2(up) else up(x)]
+            parts = [ops.conv_transpose_2x2(x, up.weight, up.bias) if _is_plain_2x2(up) else up(x)]
             if cost is not None:
                 parts.append(cost.flatten(0, 1))
             x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -208,95 +165,14 @@ class SkipFusion(nn.Module):
         saves ``torch.cat``'s extra read and write of both parts."""
         up = self.upsample
         batch, _, height, width = x.shape
-        device = x.device.type
         # the dtype torch.cat of the two parts would have: F.linear's result (the autocast
         # dtype under autocast) promoted with the cost guidance's
-        linear_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         fused = torch.empty(
             (batch, up.out_channels + cost.shape[1], 2 * height, 2 * width),
-            dtype=torch.promote_types(linear_dtype, cost.dtype),
+            dtype=torch.promote_types(operand_dtype(x), cost.dtype),
             device=x.device,
             memory_format=torch.channels_last,
         )
-        conv_transpose_2x2(x, up.weight, up.bias, out=fused[:, : up.out_channels])
+        ops.conv_transpose_2x2(x, up.weight, up.bias, out=fused[:, : up.out_channels])
         fused[:, up.out_channels :].copy_(cost)
         return fused
-
-
-# ----------------------------------------------------------------------------- bilinear resize
-def bilinear_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` as two matrix
-    products, ``x -> M_h @ x @ M_w^T`` (:func:`bilinear_resize_matrix`), for ``(..., h, w)``
-    floating tensors. Same values up to float rounding of the two-term sums.
-
-    Why: the training losses upsample every class map to the crop (e.g. 96 -> 768), and
-    PyTorch's ``upsample_bilinear2d`` backward scatters with atomics. On an H200 it took
-    about 290 ms of a 670 ms SED training step; its adjoint here is two more matrix
-    products. The products run in full precision (no TF32, no autocast), so a float32
-    input gives float32 accuracy whatever the global flags.
-    """
-    height, width = x.shape[-2:]
-    out_h, out_w = int(size[0]), int(size[1])
-    if (height, width) == (out_h, out_w):
-        return x
-    if not x.is_floating_point():
-        raise TypeError(f"bilinear_resize needs a floating tensor, got {x.dtype}")
-    return _BilinearResize.apply(x, out_h, out_w)
-
-
-def bilinear_resize_matrix(in_size: int, out_size: int, dtype: torch.dtype, device) -> Tensor:
-    """``(out_size, in_size)`` matrix of 1-D bilinear interpolation with
-    ``align_corners=False`` (PyTorch's rule: source ``(i + 0.5) * in / out - 0.5``,
-    clamped at 0; weights computed in float32, or float64 for float64, then cast to
-    ``dtype``). Cached per sizes, dtype and device."""
-    return _resize_matrix(int(in_size), int(out_size), dtype, torch.device(device))
-
-
-@functools.lru_cache(maxsize=64)
-def _resize_matrix(in_size: int, out_size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    # float32 weights for float32 / bf16 / fp16 (PyTorch's accumulate type), float64 for float64
-    work = torch.float64 if dtype == torch.float64 else torch.float32
-    scale = torch.tensor(in_size / out_size, dtype=work)
-    source = ((torch.arange(out_size, dtype=work) + 0.5) * scale - 0.5).clamp_min(0)
-    first = source.floor().long().clamp_max(in_size - 1)
-    second = (first + 1).clamp_max(in_size - 1)
-    weight_second = source - first.to(work)
-    matrix = torch.zeros(out_size, in_size, dtype=work)
-    rows = torch.arange(out_size)
-    matrix.index_put_((rows, first), 1 - weight_second, accumulate=True)
-    matrix.index_put_((rows, second), weight_second, accumulate=True)
-    return matrix.to(device=device, dtype=dtype)
-
-
-@contextmanager
-def _full_precision_matmul(device_type: str):
-    """No autocast and no TF32 for the products inside (restored afterwards)."""
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.autocast(device_type, enabled=False):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-
-
-class _BilinearResize(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, out_h, out_w):
-        height, width = x.shape[-2:]
-        rows = bilinear_resize_matrix(height, out_h, x.dtype, x.device)
-        cols = bilinear_resize_matrix(width, out_w, x.dtype, x.device)
-        ctx.save_for_backward(rows, cols)
-        with _full_precision_matmul(x.device.type):
-            y = x.reshape(-1, height, width) @ cols.t()  # (N, h, W)
-            y = rows @ y  # (N, H, W)
-        return y.view(*x.shape[:-2], out_h, out_w)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        rows, cols = ctx.saved_tensors
-        with _full_precision_matmul(grad.device.type):
-            g = rows.t() @ grad.reshape(-1, *grad.shape[-2:]).to(rows.dtype)  # (N, h, W)
-            g = g @ cols  # (N, h, w)
-        return g.view(*grad.shape[:-2], rows.shape[1], cols.shape[1]), None, None

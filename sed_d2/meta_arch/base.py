@@ -47,7 +47,7 @@ from torch import nn
 
 from ..clip import TextEncoder, get_templates, validate_vocabulary
 from ..data.vocabulary import vocabulary_of
-from ..utils.cuda_graphs import CUDAGraphCache, graph_key
+from ..ops.cuda_graphs import CUDAGraphCache, graph_key
 from .inference import InferenceProtocol, WholeImage, build_inference_protocol
 
 logger = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ class OpenVocabSegmentor(nn.Module):
     def run_network(self, name: str, fn: Callable, *inputs: torch.Tensor):
         """``fn(*inputs)``, the inference network call ``name``. With ``cuda_graphs``, CUDA
         inputs, eval mode and gradients off it is replayed from a CUDA graph captured on
-        first use per input shapes / precision (:class:`~sed_d2.utils.cuda_graphs.
+        first use per input shapes / precision (:class:`~sed_d2.ops.cuda_graphs.
         CUDAGraphCache`): the same kernels, bit-identical results, no per-kernel launch
         cost. The graph's output is overwritten by the next call: consume it first. ``fn``
         must not synchronise with the host or depend on values for shapes.

@@ -79,14 +79,15 @@ _HEAD_CHECK = textwrap.dedent(
     import copy
     import torch
     from torch import nn
-    from sed_d2.layers import ClassLogitHead, kernels
+    from sed_d2.layers import ClassLogitHead
+    from sed_d2.ops import head_conv
 
     launches = []
-    forward = kernels._single_output_conv_forward
+    forward = head_conv._single_output_conv_forward
     def counting(*args):
         launches.append(args[0].shape)
         return forward(*args)
-    kernels._single_output_conv_forward = counting
+    head_conv._single_output_conv_forward = counting
 
     torch.manual_seed(0)
     B, T, C, H, W = 2, 3, 16, 7, 9

@@ -90,7 +90,7 @@ def test_text_guidance_variant():
 
 
 # The fused inference path (Triton kernels) against the general path, in Triton's
-# interpreter (see test_fused_linear_attention.py). The general path is what runs with
+# interpreter (see tests/ops/test_class_linear_attention.py). The general path is what runs with
 # autograd on: parameters require grad, so `layer(x)` under enable_grad never fuses.
 _FUSED_CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
     """
@@ -100,15 +100,15 @@ _FUSED_CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
     from triton.runtime import interpreter
 
 
+    from sed_d2 import ops
     from sed_d2.layers import ClassTransformerLayer
-    from sed_d2.layers import class_transformer as ct
 
     calls = []
-    fused_attention = ct.fused_class_linear_attention
+    fused_attention = ops.fused_class_linear_attention
     def counting(*args, **kwargs):
         calls.append(1)
         return fused_attention(*args, **kwargs)
-    ct.fused_class_linear_attention = counting
+    ops.fused_class_linear_attention = counting
 
     def class_maps(b, t, c, h, w, dtype=torch.float32):
         x = torch.randn(b * t, c, h, w).contiguous(memory_format=torch.channels_last)

@@ -1,4 +1,4 @@
-"""sed_d2.layers.norms: the fast norms equal F.layer_norm / F.group_norm (values and
+"""sed_d2.layers.norms: the norms through sed_d2.ops equal F.layer_norm / F.group_norm (values and
 gradients), keep the input dtype and the channels-last layout."""
 
 import pytest
@@ -6,13 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sed_d2.layers import (
-    fold_layer_norm_into_linear,
-    group_norm,
-    layer_norm,
-    layer_norm_linear,
-    normalize_last_dim,
-)
+from sed_d2.layers import group_norm, layer_norm, layer_norm_linear
+from sed_d2.ops import normalize_rows
 
 
 def _affine_norm(dim, seed=0):
@@ -22,15 +17,6 @@ def _affine_norm(dim, seed=0):
         norm.weight.uniform_(0.5, 1.5)
         norm.bias.uniform_(-0.5, 0.5)
     return norm
-
-
-def test_normalize_last_dim_equals_layer_norm_without_affine():
-    x = (torch.randn(3, 5, 7, 12, dtype=torch.float64) * 3 + 2).requires_grad_()
-    out = normalize_last_dim(x, 1e-5)
-    ref = F.layer_norm(x, (12,), eps=1e-5)
-    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    grad = torch.randn_like(ref)
-    torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(ref, x, grad)[0])
 
 
 @pytest.mark.parametrize("affine, bias", [(True, True), (True, False), (False, False)])
@@ -62,14 +48,6 @@ def test_layer_norm_folded_into_the_following_linear():
         torch.testing.assert_close(a, b)
 
 
-def test_fold_leaves_extra_input_columns_alone():
-    norm, linear = _affine_norm(8, seed=1), nn.Linear(8 + 3, 6).double()
-    x, guidance = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
-    weight, bias = fold_layer_norm_into_linear(norm, linear.weight, linear.bias, in_features=8)
-    out = F.linear(torch.cat([normalize_last_dim(x, norm.eps), guidance], -1), weight, bias)
-    torch.testing.assert_close(out, linear(torch.cat([norm(x), guidance], -1)))
-
-
 @pytest.mark.parametrize("groups, channels", [(1, 16), (2, 32), (4, 64), (3, 12)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_group_norm_equals_f_group_norm(groups, channels, channels_last):
@@ -97,7 +75,7 @@ def test_group_norm_equals_f_group_norm(groups, channels, channels_last):
 def test_norms_keep_bf16_under_autocast():
     x = torch.randn(2, 16, 4, 4).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert normalize_last_dim(x.permute(0, 2, 3, 1), 1e-6).dtype == torch.bfloat16
+        assert normalize_rows(x.permute(0, 2, 3, 1), 1e-6).dtype == torch.bfloat16
         assert layer_norm(x.permute(0, 2, 3, 1), _affine_norm(16).float()).dtype == torch.bfloat16
         y = group_norm(x, nn.GroupNorm(1, 16), relu=True)
     assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)

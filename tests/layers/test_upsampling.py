@@ -2,14 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sed_d2.layers import (
-    Conv2dReLU,
-    ConvTranspose2dReLU,
-    DoubleConv,
-    SkipFusion,
-    bilinear_resize,
-    bilinear_resize_matrix,
-)
+from sed_d2.layers import Conv2dReLU, ConvTranspose2dReLU, DoubleConv, SkipFusion
+from sed_d2.ops import conv_transpose_2x2
 
 
 def test_double_conv_structure():
@@ -70,23 +64,6 @@ def test_skip_fusion_inference_writes_parts_into_one_buffer():
         assert fusion.float()._upsample_and_concat(x.flatten(0, 1).float(), cost.flatten(0, 1).bfloat16()).dtype == torch.bfloat16
 
 
-def test_conv_transpose_2x2_into_a_channel_slice():
-    from sed_d2.layers import conv_transpose_2x2
-
-    torch.manual_seed(2)
-    x = torch.randn(2, 6, 3, 5)
-    weight, bias = torch.randn(6, 4, 2, 2), torch.randn(4)
-    buffer = torch.zeros(2, 7, 6, 10).contiguous(memory_format=torch.channels_last)
-    out = conv_transpose_2x2(x, weight, bias, out=buffer[:, 1:5])
-    assert out.data_ptr() == buffer[:, 1:5].data_ptr()
-    torch.testing.assert_close(buffer[:, 1:5], F.conv_transpose2d(x, weight, bias, stride=2), rtol=1e-5, atol=1e-5)
-    assert buffer[:, 0].abs().sum() == 0 and buffer[:, 5:].abs().sum() == 0  # neighbours untouched
-    with pytest.raises(ValueError, match="channel stride 1"):
-        conv_transpose_2x2(x, weight, bias, out=torch.zeros(2, 4, 6, 10))  # NCHW: channel stride is not 1
-    with pytest.raises(ValueError, match=r"\(2, 4, 6, 10\)"):
-        conv_transpose_2x2(x, weight, bias, out=buffer[:, :3])
-
-
 def test_skip_fusion_without_cost_guidance():
     fusion = SkipFusion(64, 32, skip_channels=16)
     out = fusion(torch.randn(1, 2, 64, 3, 3), torch.randn(1, 16, 6, 6))
@@ -117,53 +94,12 @@ def test_double_conv_shared_input_equals_repeated_concatenation():
         block(own[:, :30], shared, shared_at=24)
 
 
-def test_conv_transpose_2x2_as_matrix_product():
-    from sed_d2.layers import conv_transpose_2x2
-
+def test_conv_transpose_relu_runs_the_2x2_op_and_keeps_other_geometries():
     torch.manual_seed(4)
     x = torch.randn(3, 6, 4, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-    weight, bias = torch.randn(6, 7, 2, 2, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
-    out = conv_transpose_2x2(x, weight, bias)
-    torch.testing.assert_close(out, F.conv_transpose2d(x, weight, bias, stride=2), rtol=1e-12, atol=1e-12)
-    assert out.is_contiguous(memory_format=torch.channels_last)
     up = ConvTranspose2dReLU(6, 7, kernel_size=2, stride=2).double()
-    torch.testing.assert_close(up(x), F.relu(F.conv_transpose2d(x, up.weight, up.bias, stride=2)))
-    # other geometries keep the plain transposed convolution
+    out = up(x)
+    assert torch.equal(out, conv_transpose_2x2(x, up.weight, up.bias, relu=True))
+    torch.testing.assert_close(out, F.relu(F.conv_transpose2d(x, up.weight, up.bias, stride=2)))
     wide = ConvTranspose2dReLU(6, 7, kernel_size=3, stride=2).double()
     torch.testing.assert_close(wide(x), F.relu(F.conv_transpose2d(x, wide.weight, wide.bias, stride=2)))
-
-
-@pytest.mark.parametrize(
-    "size, out",
-    [((96, 96), (768, 768)), ((24, 20), (768, 640)), ((5, 7), (13, 9)), ((7, 9), (3, 4)), ((1, 1), (4, 2))],
-)
-def test_bilinear_resize_equals_interpolate_values_and_gradients(size, out):
-    torch.manual_seed(0)
-    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
-    expected = F.interpolate(x, out, mode="bilinear", align_corners=False)
-    actual = bilinear_resize(x, out)
-    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
-    grad = torch.randn_like(expected)
-    (grad_expected,) = torch.autograd.grad(expected, x, grad)
-    (grad_actual,) = torch.autograd.grad(actual, x, grad)
-    torch.testing.assert_close(grad_actual, grad_expected, rtol=1e-10, atol=1e-10)
-
-
-def test_bilinear_resize_float32_ignores_autocast_and_keeps_dtype():
-    x = torch.randn(1, 4, 6, 6)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = bilinear_resize(x, (24, 24))
-    assert y.dtype == torch.float32
-    torch.testing.assert_close(y, F.interpolate(x, (24, 24), mode="bilinear", align_corners=False))
-    assert bilinear_resize(x, (6, 6)) is x  # same size: no work
-    with pytest.raises(TypeError, match="floating"):
-        bilinear_resize(torch.ones(1, 1, 2, 2, dtype=torch.long), (4, 4))
-
-
-def test_bilinear_resize_matrix_rows_are_two_tap_partitions_of_unity():
-    matrix = bilinear_resize_matrix(4, 8, torch.float64, "cpu")
-    assert matrix.shape == (8, 4)
-    torch.testing.assert_close(matrix.sum(1), torch.ones(8, dtype=torch.float64))
-    assert int((matrix != 0).sum(1).max()) <= 2
-    # x2 upsampling, align_corners=False: output 1 sits at source 0.25 -> 0.75 * x0 + 0.25 * x1
-    assert matrix[1, 0] == 0.75 and matrix[1, 1] == 0.25 and matrix[0, 0] == 1.0

@@ -26,8 +26,7 @@ from timm.layers import Mlp as TimmMlp
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock, ConvNeXtStage
 from torch import nn
 
-from ...layers.convnext_block import convnext_block_forward
-from ...layers.norms import layer_norm
+from ...layers import convnext_block_forward, layer_norm
 
 __all__ = [
     "CONVNEXT_FEATURE_NAMES",

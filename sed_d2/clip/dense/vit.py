@@ -45,7 +45,7 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ...utils.parameter_cache import derived_from_parameters
+from ...ops import derived_from_parameters
 
 __all__ = [
     "VIT_CLS_SOURCES",

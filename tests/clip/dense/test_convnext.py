@@ -214,12 +214,12 @@ def test_fast_path_keeps_bf16_under_autocast():
 _INTERPRETER_CHECK = textwrap.dedent(
     """
     import torch
-    import sed_d2.layers.kernels as kernels
     from sed_d2.clip import build_clip_model, convnext_dense_features
+    from sed_d2.ops import depthwise_conv, row_norm
     used = set()
-    for name in ("_depthwise_forward", "_normalize_forward"):  # the kernel launchers
-        launcher = getattr(kernels, name)
-        setattr(kernels, name, lambda *args, _launch=launcher, _name=name: used.add(_name) or _launch(*args))
+    for module, name in ((depthwise_conv, "_depthwise_forward"), (row_norm, "_normalize_forward")):  # the kernel launchers
+        launcher = getattr(module, name)
+        setattr(module, name, lambda *args, _launch=launcher, _name=name: used.add(_name) or _launch(*args))
     torch.manual_seed(0)
     visual = build_clip_model("sed_d2_tiny_convnext").visual.train()
     with torch.no_grad():
@@ -240,7 +240,7 @@ _INTERPRETER_CHECK = textwrap.dedent(
 
 def test_fast_path_with_the_triton_kernels_in_the_interpreter():
     # On CUDA the fast path runs the Triton kernels; on CPU they run in Triton's
-    # interpreter (set before Triton is imported), as in tests/layers/test_kernels.py.
+    # interpreter (set before Triton is imported), as in tests/ops/test_depthwise_conv.py.
     # Forward only: the kernels' backward is tested there, and here it would take ~5 s.
     pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run here")
     run_in_triton_interpreter(_INTERPRETER_CHECK)

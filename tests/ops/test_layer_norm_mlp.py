@@ -1,6 +1,6 @@
-"""sed_d2.layers.fused_mlp: the fused LayerNorm-MLP kernel equals the unfused computation.
+"""sed_d2.ops.layer_norm_mlp: the fused LayerNorm-MLP kernel equals the unfused computation.
 
-As in test_kernels.py, the Triton kernel runs on CPU in Triton's interpreter: a
+As in test_depthwise_conv.py, the Triton kernel runs on CPU in Triton's interpreter: a
 subprocess with TRITON_INTERPRET=1, set before Triton is imported. Without it the CPU
 path is the PyTorch reference, checked here in float64 against the plain module ops.
 """
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sed_d2.layers.fused_mlp import (
+from sed_d2.ops.layer_norm_mlp import (
     fused_layer_norm_mlp,
     fused_layer_norm_mlp_applies,
     layer_norm_mlp_reference,
@@ -29,9 +29,10 @@ _CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
     from triton.runtime import interpreter
 
 
-    from sed_d2.layers import ConvNeXtBlock, depthwise_conv2d
-    from sed_d2.layers import fused_mlp as fm
-    from sed_d2.layers.fused_mlp import _CONFIGS, fused_layer_norm_mlp, fused_layer_norm_mlp_applies, layer_norm_mlp_reference
+    from sed_d2.layers import ConvNeXtBlock
+    from sed_d2.ops import depthwise_conv2d
+    from sed_d2.ops import layer_norm_mlp as fm
+    from sed_d2.ops.layer_norm_mlp import _CONFIGS, fused_layer_norm_mlp, fused_layer_norm_mlp_applies, layer_norm_mlp_reference
 
     class ForceFastErf:
         def __init__(self, kernel):
@@ -57,41 +58,41 @@ _CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
             block_m = _CONFIGS[(c, 4)][0]
             dw = torch.randn(2, block_m + 5, c) * 2 + 0.5  # rows: not a multiple of BLOCK_M
             r = torch.randn_like(dw)
-            assert fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, ls)
-            out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, ls)
+            assert fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, layer_scale=ls)
+            out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, layer_scale=ls)
             assert out.shape == dw.shape and out.dtype == torch.float32
             torch.testing.assert_close(out, definition(dw, r, norm, fc1, fc2, ls), rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(out, layer_norm_mlp_reference(dw, r, norm, fc1, fc2, ls), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(out, layer_norm_mlp_reference(dw, r, norm, fc1, fc2, layer_scale=ls), rtol=1e-5, atol=1e-5)
 
-            out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, ls, "tanh")
+            out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, layer_scale=ls, gelu_approximate="tanh")
             torch.testing.assert_close(out, definition(dw, r, norm, fc1, fc2, ls, "tanh"), rtol=1e-5, atol=1e-5)
 
             # the class transformer layer's MLP: ReLU and a second residual in the same pass
             e = torch.randn_like(dw)
             relu = dict(activation="relu", extra_residual=e)
-            assert fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, None, **relu)
-            out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, None, **relu)
+            assert fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, **relu)
+            out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, **relu)
             want = r + e + fc2(F.relu(fc1(norm(dw))))
             torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(out, layer_norm_mlp_reference(dw, r, norm, fc1, fc2, None, **relu), rtol=1e-5, atol=1e-5)
-            out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, ls, activation="relu")  # ReLU alone, with layer scale
+            torch.testing.assert_close(out, layer_norm_mlp_reference(dw, r, norm, fc1, fc2, **relu), rtol=1e-5, atol=1e-5)
+            out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, layer_scale=ls, activation="relu")  # ReLU alone, with layer scale
             torch.testing.assert_close(out, r + fc2(F.relu(fc1(norm(dw)))) * ls, rtol=1e-5, atol=1e-5)
-            out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, ls, extra_residual=e)  # second residual alone, GELU
+            out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, layer_scale=ls, extra_residual=e)  # second residual alone, GELU
             torch.testing.assert_close(out, definition(dw, r, norm, fc1, fc2, ls) + e, rtol=1e-5, atol=1e-5)
-            outb = fused_layer_norm_mlp(dw.bfloat16(), r.bfloat16(), norm, fc1, fc2, None, activation="relu", extra_residual=e.bfloat16())
+            outb = fused_layer_norm_mlp(dw.bfloat16(), r.bfloat16(), norm, fc1, fc2, activation="relu", extra_residual=e.bfloat16())
             assert outb.dtype == torch.bfloat16
             wantb = r.bfloat16().float() + e.bfloat16().float() + fc2(F.relu(fc1(norm(dw.bfloat16().float()))))
             torch.testing.assert_close(outb.float(), wantb, rtol=2e-2, atol=3e-2)
             # a second residual the kernel cannot read with dw's offsets -> the reference
             for bad in (e.double(), e.transpose(0, 1).contiguous().transpose(0, 1)):
-                assert not fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, None, activation="relu", extra_residual=bad)
-                out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, None, activation="relu", extra_residual=bad)
+                assert not fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, activation="relu", extra_residual=bad)
+                out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, activation="relu", extra_residual=bad)
                 torch.testing.assert_close(out, want.to(out.dtype), rtol=1e-5, atol=1e-5)
-            assert not fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, None, activation="silu")
+            assert not fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, activation="silu")
 
             # the branch-free erf of the 16-bit path, checked at float32 precision
             fm._ln_mlp_kernel = ForceFastErf(kernel)
-            out = fused_layer_norm_mlp(dw * 3, r, norm, fc1, fc2, ls)
+            out = fused_layer_norm_mlp(dw * 3, r, norm, fc1, fc2, layer_scale=ls)
             fm._ln_mlp_kernel = kernel
             torch.testing.assert_close(out, definition(dw * 3, r, norm, fc1, fc2, ls), rtol=1e-5, atol=1e-5)
 
@@ -99,11 +100,11 @@ _CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
             bare = nn.LayerNorm(c, elementwise_affine=False)
             fc1b, fc2b = nn.Linear(c, 4 * c, bias=False), nn.Linear(4 * c, c, bias=False)
             want = r + fc2b(F.gelu(fc1b(bare(dw))))
-            torch.testing.assert_close(fused_layer_norm_mlp(dw, r, bare, fc1b, fc2b, None), want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(fused_layer_norm_mlp(dw, r, bare, fc1b, fc2b), want, rtol=1e-5, atol=1e-5)
 
             # bf16: operands bf16, float32 statistics / accumulation; output bf16
             dwb, rb = dw.bfloat16(), r.bfloat16()
-            out = fused_layer_norm_mlp(dwb, rb, norm, fc1, fc2, ls)
+            out = fused_layer_norm_mlp(dwb, rb, norm, fc1, fc2, layer_scale=ls)
             assert out.dtype == torch.bfloat16
             want = definition(dwb.float(), rb.float(), norm, fc1, fc2, ls)
             torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=3e-2)
@@ -117,7 +118,7 @@ _CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
         x = torch.randn(2, c, 7, 9).contiguous(memory_format=torch.channels_last)
         conv = block.depthwise_conv
         dw = depthwise_conv2d(x, conv.weight, conv.bias).permute(0, 2, 3, 1)
-        out = fused_layer_norm_mlp(dw, x.permute(0, 2, 3, 1), block.norm, block.fc1, block.fc2, block.layer_scale)
+        out = fused_layer_norm_mlp(dw, x.permute(0, 2, 3, 1), block.norm, block.fc1, block.fc2, layer_scale=block.layer_scale)
         out = out.permute(0, 3, 1, 2)
         assert out.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(out, block(x), rtol=1e-5, atol=1e-5)
@@ -128,18 +129,18 @@ _CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
     # fallbacks (the kernel is available here): autograd, unsupported C, non-contiguous
     norm, fc1, fc2, ls = modules(32, 3)
     dw, r = torch.randn(40, 32), torch.randn(40, 32)
-    assert not fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, ls)  # parameters require grad
-    out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, ls)
+    assert not fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, layer_scale=ls)  # parameters require grad
+    out = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, layer_scale=ls)
     assert out.grad_fn is not None
-    torch.testing.assert_close(out, layer_norm_mlp_reference(dw, r, norm, fc1, fc2, ls))
+    torch.testing.assert_close(out, layer_norm_mlp_reference(dw, r, norm, fc1, fc2, layer_scale=ls))
     with torch.no_grad():
-        assert fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, ls)
-        assert not fused_layer_norm_mlp_applies(dw.t().contiguous().t(), r, norm, fc1, fc2, ls)
+        assert fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, layer_scale=ls)
+        assert not fused_layer_norm_mlp_applies(dw.t().contiguous().t(), r, norm, fc1, fc2, layer_scale=ls)
         norm24, fc1_24, fc2_24, ls24 = modules(24, 4)
         dw24, r24 = torch.randn(40, 24), torch.randn(40, 24)
-        assert not fused_layer_norm_mlp_applies(dw24, r24, norm24, fc1_24, fc2_24, ls24)
-        out = fused_layer_norm_mlp(dw24, r24, norm24, fc1_24, fc2_24, ls24)
-        torch.testing.assert_close(out, layer_norm_mlp_reference(dw24, r24, norm24, fc1_24, fc2_24, ls24))
+        assert not fused_layer_norm_mlp_applies(dw24, r24, norm24, fc1_24, fc2_24, layer_scale=ls24)
+        out = fused_layer_norm_mlp(dw24, r24, norm24, fc1_24, fc2_24, layer_scale=ls24)
+        torch.testing.assert_close(out, layer_norm_mlp_reference(dw24, r24, norm24, fc1_24, fc2_24, layer_scale=ls24))
     print("ok")
     """
 )
@@ -166,7 +167,7 @@ def test_reference_is_the_module_computation(approximate):
     dw = (torch.randn(3, 5, 24, dtype=torch.float64) * 2).requires_grad_()
     r = torch.randn(3, 5, 24, dtype=torch.float64)
     want = r + fc2(F.gelu(fc1(norm(dw)), approximate=approximate)) * ls
-    got = layer_norm_mlp_reference(dw, r, norm, fc1, fc2, ls, approximate)
+    got = layer_norm_mlp_reference(dw, r, norm, fc1, fc2, layer_scale=ls, gelu_approximate=approximate)
     torch.testing.assert_close(got, want)
     grad = torch.randn_like(want)
     torch.testing.assert_close(torch.autograd.grad(got, dw, grad)[0], torch.autograd.grad(want, dw, grad)[0])
@@ -182,12 +183,12 @@ def test_reference_relu_and_second_residual(second_residual):
     want = r + fc2(F.relu(fc1(norm(dw))))
     if second_residual:
         want = want + e
-    got = layer_norm_mlp_reference(dw, r, norm, fc1, fc2, None, activation="relu", extra_residual=e)
+    got = layer_norm_mlp_reference(dw, r, norm, fc1, fc2, activation="relu", extra_residual=e)
     torch.testing.assert_close(got, want)
     grad = torch.randn_like(want)
     torch.testing.assert_close(torch.autograd.grad(got, dw, grad)[0], torch.autograd.grad(want, dw, grad)[0])
     with pytest.raises(ValueError):
-        layer_norm_mlp_reference(dw, r, norm, fc1, fc2, None, activation="silu")
+        layer_norm_mlp_reference(dw, r, norm, fc1, fc2, activation="silu")
 
 
 def test_cpu_without_interpreter_falls_back():
@@ -196,9 +197,9 @@ def test_cpu_without_interpreter_falls_back():
     norm, fc1, fc2, ls = _modules(32, torch.float32)
     dw, r = torch.randn(10, 32), torch.randn(10, 32)
     with torch.no_grad():
-        assert not fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, ls)
-        got = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, ls)
+        assert not fused_layer_norm_mlp_applies(dw, r, norm, fc1, fc2, layer_scale=ls)
+        got = fused_layer_norm_mlp(dw, r, norm, fc1, fc2, layer_scale=ls)
         torch.testing.assert_close(got, r + fc2(F.gelu(fc1(norm(dw)))) * ls)
         # bf16 activations with float32 parameters: the reference casts the weights
-        got = fused_layer_norm_mlp(dw.bfloat16(), r.bfloat16(), norm, fc1, fc2, ls)
+        got = fused_layer_norm_mlp(dw.bfloat16(), r.bfloat16(), norm, fc1, fc2, layer_scale=ls)
         assert got.dtype == torch.bfloat16

@@ -1,10 +1,10 @@
-"""sed_d2.utils.parameter_cache: derived weights are computed once per parameter version."""
+"""sed_d2.ops.parameter_cache: derived weights are computed once per parameter version."""
 
 import torch
 from torch import nn
 
-from sed_d2.utils.cuda_graphs import graph_key
-from sed_d2.utils.parameter_cache import derived_from_parameters
+from sed_d2.ops.cuda_graphs import graph_key
+from sed_d2.ops.parameter_cache import derived_from_parameters
 
 
 def test_derived_tensors_are_cached_until_a_source_changes():
@@ -31,7 +31,7 @@ def test_derived_tensors_are_cached_until_a_source_changes():
     assert "_derived_tensors" not in layer.state_dict()
 
 
-def test_fused_mlp_reference_uses_fresh_weights_after_an_update():
+def test_layer_norm_mlp_reference_uses_fresh_weights_after_an_update():
     from sed_d2.layers import ConvNeXtBlock
 
     block = ConvNeXtBlock(8, 3).eval()

@@ -1,7 +1,7 @@
-"""sed_d2.layers.conv3x3: the Triton 3x3 convolution equals F.conv2d, and the policy sends
+"""sed_d2.ops.conv3x3: the Triton 3x3 convolution equals F.conv2d, and the policy sends
 everything but channels-last, grad-free, Cout = 16 inputs to F.conv2d.
 
-As in test_fused_mlp.py, the Triton kernel runs on CPU in Triton's interpreter: a
+As in test_layer_norm_mlp.py, the Triton kernel runs on CPU in Triton's interpreter: a
 subprocess with TRITON_INTERPRET=1, set before Triton is imported.
 """
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sed_d2.layers import conv3x3 as module
-from sed_d2.layers.conv3x3 import conv3x3_kernel_applies, conv3x3_no_bias
+from sed_d2.ops import conv3x3 as module
+from sed_d2.ops.conv3x3 import conv3x3_no_bias, conv3x3_no_bias_applies
 from tests.helpers import INTERPRETER_BF16_DOT, run_in_triton_interpreter
 
 CL = torch.channels_last
@@ -35,8 +35,8 @@ _CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
         return _cast(self, src, dst_type)
     interpreter.InterpreterBuilder.cast_impl = _cast_rn
 
-    from sed_d2.layers import conv3x3 as m
-    from sed_d2.layers.conv3x3 import conv3x3_kernel_applies, conv3x3_no_bias
+    from sed_d2.ops import conv3x3 as m
+    from sed_d2.ops.conv3x3 import conv3x3_no_bias, conv3x3_no_bias_applies
 
     CL = torch.channels_last
     ROWS = (16, 16, 4, 2, 0)  # BLOCK_M 16: three row-major tiles per 5 x 7 image, wrapping across rows
@@ -53,7 +53,7 @@ _CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
         torch.backends.cudnn.allow_tf32 = False
         for cin in (8, 24, 32, 40):
             x, w = inputs(cin)
-            assert conv3x3_kernel_applies(x, w)
+            assert conv3x3_no_bias_applies(x, w)
             out = conv3x3_no_bias(x, w)
             assert out.dtype == torch.float32 and out.shape == (2, 16, 5, 7) and out.is_contiguous(memory_format=CL)
             assert torch.equal(out, m._launch(x, w))  # the kernel ran
@@ -72,7 +72,7 @@ _CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
         # the measured configs (BLOCK_M 256 row-major; 2-D tiles 16 wide)
         for dtype, cin in [(torch.bfloat16, c) for c in (8, 16, 24, 32, 40)] + [(torch.float16, 24)]:
             x, w = inputs(cin, dtype)
-            assert conv3x3_kernel_applies(x, w)
+            assert conv3x3_no_bias_applies(x, w)
             out = conv3x3_no_bias(x, w)
             assert out.dtype == dtype and out.is_contiguous(memory_format=CL)
             want = F.conv2d(x.float(), w.float(), padding=1)
@@ -85,9 +85,9 @@ _CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
 
         # float32 x and weight under (CPU) autocast: bf16 products and output, like F.conv2d
         x, w = inputs(24)
-        assert not conv3x3_kernel_applies(x.bfloat16(), w)  # mixed dtypes: F.conv2d raises outside autocast
+        assert not conv3x3_no_bias_applies(x.bfloat16(), w)  # mixed dtypes: F.conv2d raises outside autocast
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert conv3x3_kernel_applies(x, w) and conv3x3_kernel_applies(x.bfloat16(), w)
+            assert conv3x3_no_bias_applies(x, w) and conv3x3_no_bias_applies(x.bfloat16(), w)
             out = conv3x3_no_bias(x, w)
             ref = F.conv2d(x, w, padding=1)
         assert out.dtype == ref.dtype == torch.bfloat16
@@ -97,16 +97,16 @@ _CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
         # int32 offsets inside an image: H * W * max(Cin, Cout) < 2^31 (meta tensors: no memory)
         big = torch.empty(1, 16, 2**14, 2**13, device="meta").contiguous(memory_format=CL)
         w_meta = torch.empty(16, 16, 3, 3, device="meta")
-        assert not conv3x3_kernel_applies(big, w_meta)
-        assert conv3x3_kernel_applies(big[:, :, :, 1:].contiguous(memory_format=CL), w_meta)
+        assert not conv3x3_no_bias_applies(big, w_meta)
+        assert conv3x3_no_bias_applies(big[:, :, :, 1:].contiguous(memory_format=CL), w_meta)
 
         # fallbacks, with the kernel available: exactly F.conv2d
         x, w = inputs(24)
         for xs, ws in ((x, inputs(24, cout=32)[1]), (x.contiguous(), w)):  # Cout 32; NCHW
-            assert not conv3x3_kernel_applies(xs, ws)
+            assert not conv3x3_no_bias_applies(xs, ws)
             assert torch.equal(conv3x3_no_bias(xs, ws), F.conv2d(xs, ws, padding=1))
     w.requires_grad_()
-    assert not conv3x3_kernel_applies(x, w)  # autograd
+    assert not conv3x3_no_bias_applies(x, w)  # autograd
     out = conv3x3_no_bias(x, w)
     assert out.grad_fn is not None and torch.equal(out, F.conv2d(x, w, padding=1))
     print("ok")
@@ -130,7 +130,7 @@ def test_policy_falls_back_to_conv2d():
     _, w32 = _inputs(cout=32)
     with torch.no_grad():
         for xs, ws in ((x, w32), (x.contiguous(), w16)):  # Cout 32; NCHW
-            assert not conv3x3_kernel_applies(xs, ws)
+            assert not conv3x3_no_bias_applies(xs, ws)
             out = conv3x3_no_bias(xs, ws)
             assert torch.equal(out, F.conv2d(xs, ws, padding=1))
             assert out.is_contiguous(memory_format=CL) == xs.is_contiguous(memory_format=CL)
@@ -139,7 +139,7 @@ def test_policy_falls_back_to_conv2d():
             assert out.dtype == torch.bfloat16 and torch.equal(out, F.conv2d(x, w32, padding=1))
     # grad-enabled: F.conv2d's autograd
     xg, wg = x.clone().requires_grad_(), w16.clone().requires_grad_()
-    assert not conv3x3_kernel_applies(xg, wg)
+    assert not conv3x3_no_bias_applies(xg, wg)
     out = conv3x3_no_bias(xg, wg)
     want = F.conv2d(xg, wg, padding=1)
     assert torch.equal(out, want)
@@ -153,7 +153,7 @@ def test_cpu_without_interpreter_falls_back():
         pytest.skip("the interpreter runs the kernel on CPU")
     x, w = _inputs()
     with torch.no_grad():
-        assert not conv3x3_kernel_applies(x, w)
+        assert not conv3x3_no_bias_applies(x, w)
         assert torch.equal(conv3x3_no_bias(x, w), F.conv2d(x, w, padding=1))
 
 
@@ -165,7 +165,7 @@ def test_bad_shapes_raise_with_the_shapes():
         (x[0], w, r"x must be \(N, Cin, H, W\), got \(24, 5, 7\)"),
     ]
     for xs, ws, message in cases:
-        assert not conv3x3_kernel_applies(xs, ws)  # the predicate answers, never raises
+        assert not conv3x3_no_bias_applies(xs, ws)  # the predicate answers, never raises
         with pytest.raises(ValueError, match=message):
             conv3x3_no_bias(xs, ws)
 

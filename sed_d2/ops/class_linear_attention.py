@@ -1,10 +1,11 @@
-"""The class-axis linear attention of SED's class transformer layer, plus its residual, in
-two Triton passes, for inference.
+"""Linear attention (:func:`linear_attention`, the definition) and the class-axis linear
+attention of SED's class transformer layer plus its residual in two Triton passes, for
+inference (:func:`fused_class_linear_attention`).
 
 At test time (pooling ``(1, 1)``) :class:`sed_d2.layers.ClassTransformerLayer` attends
 along the class axis ``T`` independently at each of the ``P = H * W`` positions of a
 ``(B, T, P, C)`` token map, ``heads`` heads of ``D = C / heads`` channels each, with the
-``elu + 1`` feature map and no output projection (:func:`sed_d2.layers.linear_attention`).
+``elu + 1`` feature map and no output projection (:func:`linear_attention`).
 The unfused path (:func:`class_linear_attention_reference`) runs that as batched products
 ``[P * heads, T, D] @ [P * heads, D, D + 1]``, which fall to slow generic kernels
 (``D + 1`` = 9 columns at ``C = 32``), plus separate passes for ``elu``, the division,
@@ -38,35 +39,29 @@ at ``C = 128``, so the ``C = 128`` stage is bound by the FMAs (see ``_SUM_CONFIG
 :func:`fused_class_linear_attention` always returns a result: the kernels when
 :func:`fused_class_linear_attention_applies`, else the reference (plain PyTorch,
 autograd-capable). On CPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``;
-``tests/layers/test_fused_linear_attention.py``).
+``tests/ops/test_class_linear_attention.py``).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .kernels import _FLOAT_DTYPES as _DTYPES
-from .kernels import triton, triton_available
-from .linear_attention import linear_attention
-
-if triton is not None:
-    import triton.language as tl
+from .runtime import FLOAT_DTYPES, available, needs_autograd, tl, triton
 
 __all__ = [
     "class_linear_attention_reference",
     "fused_class_linear_attention",
     "fused_class_linear_attention_applies",
+    "linear_attention",
 ]
 
 
 # (BLOCK_R rows, BLOCK_T classes, num_warps) per head dim D, for pass 1 (_SUM_CONFIGS) and
 # pass 2 (_APPLY_CONFIGS). D = 8, 16, 32: the best of a sweep on an H200 (bf16, 150 and 847
-# classes at SED's stage shapes; BLOCK_R x BLOCK_T in {1..32} x {16, 32}, 4 / 8 warps).
-# Both passes at 847 classes with the former configs -> with the sweep's best for one pass
-# (the other at its former config): D = 8 (96x96) 4.07 -> 3.42 (pass 1) / 3.24 ms (pass 2),
-# D = 16 (48x48) 1.85 -> 1.85 / 1.01 ms, D = 32 (24x24) 1.67 -> 1.66 / 1.14 ms; the plain
-# PyTorch path takes 8.78 / 3.31 / 1.50 ms. D = 64 is not swept (static register analysis).
+# classes at SED's stage shapes; BLOCK_R x BLOCK_T in {1..32} x {16, 32}, 4 / 8 warps; its
+# timings are in docs/speed.md). D = 64 is not swept (static register analysis).
 # Every tl.dot contraction must be >= 16 long (Triton on Hopper rejects K < 16; the
 # interpreter does not check): BLOCK_T >= 16 in pass 1, and pass 2 pads the head dim D
 # (its contraction) to 16 with zeros.
@@ -86,7 +81,7 @@ _MAX_BLOCK_T = 32
 # Programs to aim for per launch: about 15 per SM of an H200 (132 SMs), some three waves
 # of the 5-6 programs per SM that the configs' registers let reside, so that no SM idles
 # early and enough loads are in flight. Splitting T (pass 1) and chunking T (pass 2) fill
-# up to this count when rows alone do not (C = 128: 576 programs per image). Not tuned.
+# up to this count when rows alone do not (C = 128: 576 programs per image).
 _TARGET_PROGRAMS = 2048
 # Pass 1 writes (and torch.sum reads back) D * (D + 1) floats per row and split, against
 # 2 * D elements of k, v read per row and class: at least 8 * (D + 1) classes per split
@@ -96,6 +91,47 @@ _CLASSES_PER_SPLIT_PER_COLUMN = 8
 # 3 * D elements (q, residual, t1) per row and class: at least 4 * (D + 1) classes per
 # chunk keep that below 1/6 in 16-bit.
 _CLASSES_PER_CHUNK_PER_COLUMN = 4
+
+
+def linear_attention(
+    queries: Tensor, keys: Tensor, values: Tensor, eps: float = 1e-6, *, extra_sums: Tensor | None = None
+) -> Tensor:
+    """Non-causal, unmasked linear attention with the ``elu(x) + 1`` feature map ("Transformers
+    are RNNs", Katharopoulos et al. 2020; LoFTR form), in PyTorch (differentiable).
+
+    Args:
+        queries: ``(N, L, *P, H, D)``; keys: ``(N, S, *P, H, D)``; values:
+            ``(N, S, *P, H, Dv)``. Dimension 1 is the sequence; ``P`` are optional extra
+            independent positions (e.g. pixels when the sequence is the class axis of a
+            ``(B, T, h*w, C)`` map), so no layout change is needed to attend along dim 1.
+
+    Returns:
+        ``(N, L, *P, H, Dv)`` with
+        ``out_l = phi(q_l) . sum_s phi(k_s) v_s^T / (phi(q_l) . sum_s phi(k_s) + eps)``.
+        (The official SED/CAT-Seg code divides the values by ``S`` before the sums and
+        multiplies by ``S`` after, an fp16 overflow guard that cancels exactly; bf16 and
+        float32 do not need it.) Numerator and denominator come from one batched product:
+        ``sum_s phi(k_s)`` is appended to ``sum_s phi(k_s) v_s^T`` as an extra column.
+
+    ``extra_sums``: ``(H, D, Dv + 1)``, the same two sums over further keys and values
+    that every query of every sequence and position also attends to,
+    ``cat([sum phi(k) v^T, sum phi(k)], -1)``; added to the sums over ``keys``/``values``
+    (CAT-Seg's class padding tokens, :meth:`sed_d2.layers.MultiHeadLinearAttention.constant_token_sums`).
+    """
+    batch, length = queries.shape[:2]
+    extra = queries.shape[2:-2]
+    heads, head_dim = queries.shape[-2:]
+    value_dim = values.shape[-1]
+    q = (F.elu(queries) + 1.0).reshape(batch, length, -1, heads, head_dim)
+    k = (F.elu(keys) + 1.0).reshape(batch, keys.shape[1], -1, heads, head_dim)
+    v = values.reshape(batch, values.shape[1], -1, heads, value_dim)
+    kv = torch.einsum("nspha,nsphe->nphae", k, v)  # (N, P, H, D, Dv)
+    kv = torch.cat([kv, k.sum(dim=1).unsqueeze(-1).to(kv.dtype)], dim=-1)
+    if extra_sums is not None:
+        kv = kv + extra_sums.to(kv.dtype)
+    out = torch.einsum("nlpha,nphae->nlphe", q, kv)  # (N, L, P, H, Dv + 1)
+    out = out[..., :value_dim] / (out[..., value_dim:] + eps)
+    return out.reshape(batch, length, *extra, heads, value_dim)
 
 
 def class_linear_attention_reference(qkv: Tensor, residual: Tensor, num_heads: int, eps: float = 1e-6) -> Tensor:
@@ -117,18 +153,18 @@ def fused_class_linear_attention_applies(qkv: Tensor, residual: Tensor, num_head
     channels = qkv.shape[-1] // 3
     head_dim = channels // num_heads if channels % num_heads == 0 else 0
     return bool(
-        triton_available(qkv)
+        available(qkv)
         # power of two for the tiles, >= 8 for a float32 tl.dot's contraction, <= 64 for
         # the registers (a row's S is D x D floats)
         and head_dim in _SUM_CONFIGS
         and residual.shape == (*qkv.shape[:-1], channels)
-        and qkv.dtype in _DTYPES
-        and residual.dtype in _DTYPES
+        and qkv.dtype in FLOAT_DTYPES
+        and residual.dtype in FLOAT_DTYPES
         and qkv.is_contiguous()
         and residual.is_contiguous()
         and residual.device == qkv.device
         and qkv.shape[2] * qkv.shape[3] * _MAX_BLOCK_T < 2**31  # int32 offsets inside a class tile
-        and not (torch.is_grad_enabled() and (qkv.requires_grad or residual.requires_grad))
+        and not needs_autograd(qkv, residual)
     )
 
 
@@ -144,8 +180,8 @@ def fused_class_linear_attention(qkv: Tensor, residual: Tensor, num_heads: int, 
 
     Returns ``(B, T, P, C)`` contiguous, in ``torch.promote_types(qkv.dtype,
     residual.dtype)`` (the dtype of ``residual + attention``). The Triton kernels run when
-    :func:`fused_class_linear_attention_applies`: CUDA (or ``TRITON_INTERPRET=1``), head
-    dim 8, 16, 32 or 64, float32 / bf16 / fp16 contiguous inputs, no autograd
+    :func:`fused_class_linear_attention_applies`: where :func:`~sed_d2.ops.runtime.available`,
+    head dim 8, 16, 32 or 64, float32 / bf16 / fp16 contiguous inputs, no autograd
     (grad disabled or neither input requires grad). Otherwise the result is
     :func:`class_linear_attention_reference`.
 

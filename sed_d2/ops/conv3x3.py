@@ -44,14 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kernels import _FLOAT_DTYPES as _DTYPES
-from .kernels import _conv_result_dtype as _operand_dtype
-from .kernels import _autocast_dtype, _needs_autograd, triton, triton_available
+from .runtime import FLOAT_DTYPES, autocast_dtype, available, needs_autograd, operand_dtype, tl, triton
 
-if triton is not None:
-    import triton.language as tl
-
-__all__ = ["conv3x3_kernel_applies", "conv3x3_no_bias"]
+__all__ = ["conv3x3_no_bias", "conv3x3_no_bias_applies", "conv3x3_no_bias_reference"]
 
 _OUT_CHANNELS = 16  # the only Cout where the kernel beats cuDNN (module docstring)
 _MAX_IN_CHANNELS = 256
@@ -91,9 +86,9 @@ def _check_shapes(x: Tensor, weight: Tensor) -> None:
         )
 
 
-def conv3x3_kernel_applies(x: Tensor, weight: Tensor) -> bool:
-    """Whether :func:`conv3x3_no_bias` runs the Triton kernel: CUDA (or ``TRITON_INTERPRET=1``),
-    ``x`` ``(N, Cin, H, W)`` non-empty, channels-last contiguous, float32 / bf16 / fp16 with
+def conv3x3_no_bias_applies(x: Tensor, weight: Tensor) -> bool:
+    """Whether :func:`conv3x3_no_bias` runs the Triton kernel: where
+    :func:`~sed_d2.ops.runtime.available`, ``x`` ``(N, Cin, H, W)`` non-empty, channels-last contiguous, float32 / bf16 / fp16 with
     ``1 <= Cin <= 256`` and ``H * W * max(Cin, 16) < 2^31``; ``weight`` ``(16, Cin, 3, 3)`` on
     ``x``'s device, of ``x``'s dtype (any of the three under autocast, which casts both);
     and no autograd. Never raises."""
@@ -102,20 +97,20 @@ def conv3x3_kernel_applies(x: Tensor, weight: Tensor) -> bool:
     except ValueError:
         return False
     _, channels, height, width = x.shape
-    autocast = _autocast_dtype(x) is not None
+    autocast = autocast_dtype(x) is not None
     return bool(
-        triton_available(x)
+        available(x)
         and x.numel() > 0
         and weight.shape[0] == _OUT_CHANNELS
         and 1 <= channels <= _MAX_IN_CHANNELS
         and height * width * max(channels, _OUT_CHANNELS) < 2**31
-        and x.dtype in _DTYPES
-        and weight.dtype in _DTYPES
+        and x.dtype in FLOAT_DTYPES
+        and weight.dtype in FLOAT_DTYPES
         and (autocast or weight.dtype == x.dtype)
-        and _operand_dtype(x) in _DTYPES
+        and operand_dtype(x) in FLOAT_DTYPES
         and weight.device == x.device
         and x.is_contiguous(memory_format=torch.channels_last)
-        and not _needs_autograd(x, weight)
+        and not needs_autograd(x, weight)
     )
 
 
@@ -125,7 +120,7 @@ def conv3x3_no_bias(x: Tensor, weight: Tensor) -> Tensor:
 
     Runs the Triton kernel where it was measured faster than cuDNN -- ``Cout == 16``,
     channels-last CUDA (or ``TRITON_INTERPRET=1``) input, no autograd
-    (:func:`conv3x3_kernel_applies`) -- else ``F.conv2d(x, weight, padding=1)``, which handles
+    (:func:`conv3x3_no_bias_applies`) -- else :func:`conv3x3_no_bias_reference`, which handles
     autocast and autograd exactly as ``nn.Conv2d(Cin, Cout, 3, padding=1, bias=False)(x)``
     would. The kernel's output is channels-last, in the dtype ``F.conv2d`` returns (the
     autocast dtype under autocast, else ``x``'s).
@@ -133,8 +128,13 @@ def conv3x3_no_bias(x: Tensor, weight: Tensor) -> Tensor:
     Raises ``ValueError`` naming the shapes when ``weight`` is not ``(Cout, Cin, 3, 3)``.
     """
     _check_shapes(x, weight)
-    if conv3x3_kernel_applies(x, weight):
+    if conv3x3_no_bias_applies(x, weight):
         return _launch(x, weight)
+    return conv3x3_no_bias_reference(x, weight)
+
+
+def conv3x3_no_bias_reference(x: Tensor, weight: Tensor) -> Tensor:
+    """``F.conv2d(x, weight, padding=1)``."""
     return F.conv2d(x, weight, padding=1)
 
 
@@ -160,7 +160,7 @@ def _launch(x: Tensor, weight: Tensor, config: tuple[int, ...] | None = None) ->
     ``config`` ``(BLOCK_M, BLOCK_K, num_warps, num_stages[, BLOCK_W])`` replaces the table's."""
     batch, channels, height, width = x.shape
     out_channels = weight.shape[0]
-    operand = _operand_dtype(x)
+    operand = operand_dtype(x)
     block_m, block_k, num_warps, num_stages, *rest = config or _config(channels, out_channels, operand.itemsize)
     block_w = rest[0] if rest else 0
     powers = (block_m, block_k, out_channels) + ((block_w,) if block_w else ())

@@ -1,9 +1,9 @@
-"""sed_d2.utils.cuda_graphs and the meta-architecture's use of it (run_network)."""
+"""sed_d2.ops.cuda_graphs and the meta-architecture's use of it (run_network)."""
 
 import pytest
 import torch
 
-from sed_d2.utils.cuda_graphs import CUDAGraphCache, graph_key
+from sed_d2.ops.cuda_graphs import CUDAGraphCache, graph_key
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 

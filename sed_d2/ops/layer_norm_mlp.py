@@ -1,91 +1,40 @@
-"""ConvNeXt point-wise MLP (LayerNorm -> fc1 -> GELU -> fc2 -> layer scale -> residual) in
-one Triton pass, for inference.
+"""LayerNorm -> fc1 -> GELU (or ReLU) -> fc2 -> layer scale -> residual over the last dimension
+in one Triton pass, for inference: the point-wise MLP of a ConvNeXt block and of the class
+transformer layer.
 
-The unfused path (:func:`layer_norm_mlp_reference`) writes and reads the ``4C``-wide
-hidden tensor several times, which makes it memory bound on the SED decoder's class maps
-(hundreds of millions of rows of ``C`` = 32-128 channels): about 23 row-widths of traffic
-per row in 16-bit. The kernel keeps each row block's hidden activations on chip: per row
-it reads ``dw`` and ``residual`` and writes the output (3 row-widths; the weights stay in
-L2) and needs no ``4C``-wide temporary. On an H200 (bf16, 16.7M rows) it ran 2.3x / 2.9x /
-2.1x / 1.6x faster than the unfused path for C = 16 / 32 / 64 / 128; it is then bound by
-the two products and the GELU, not by memory.
+The unfused path (:func:`layer_norm_mlp_reference`) writes and reads the ``4C``-wide hidden
+tensor several times, which makes it memory bound on the SED decoder's class maps (hundreds
+of millions of rows of ``C`` = 32-128 channels): about 23 row-widths of traffic per row in
+16-bit. The kernel keeps each row block's hidden activations on chip: per row it reads ``x``
+and ``residual`` and writes the output (3 row-widths; the weights stay in L2) and needs no
+``4C``-wide temporary. On an H200 (bf16, 16.7M rows) it ran 2.3x / 2.9x / 2.1x / 1.6x faster
+than the unfused path for C = 16 / 32 / 64 / 128; it is then bound by the two products and
+the GELU, not by memory.
 
-:func:`fused_layer_norm_mlp` always returns a result: it runs the kernel when it applies
-and otherwise the reference (plain PyTorch, autograd-capable). Both compute
-
-    residual + layer_scale * fc2(gelu(fc1(norm(dw))))
-
-over the last dimension, with the LayerNorm affine folded into ``fc1`` and the layer scale
-into ``fc2`` (exact algebra, as in :func:`sed_d2.layers.convnext_block_forward`).
+Both paths compute ``residual + layer_scale * fc2(gelu(fc1(norm(x))))`` with the LayerNorm
+affine folded into ``fc1`` and the layer scale into ``fc2`` (exact algebra,
+:func:`~sed_d2.ops.row_norm.fold_layer_norm_into_linear`); the folded weights are computed
+once per parameter version (:mod:`sed_d2.ops.parameter_cache`).
 
 The class-axis transformer layer (:class:`sed_d2.layers.ClassTransformerLayer`) reuses the
-kernel for its MLP: ``activation="relu"`` and a second residual (``extra_residual``) make
-its ``out = t1 + tokens + fc2(relu(fc1(norm(t1))))`` one pass instead of a ``t1 + mlp``
-pass followed by the layer's extra ``+ x`` pass.
+kernel for its MLP: ``activation="relu"`` and a second residual (``extra_residual``) make its
+``out = t1 + tokens + fc2(relu(fc1(norm(t1))))`` one pass instead of a ``t1 + mlp`` pass
+followed by the layer's extra ``+ x`` pass.
 """
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kernels import _FLOAT_DTYPES as _DTYPES
-from .kernels import triton, triton_available
-from ..utils.parameter_cache import derived_from_parameters
-from .norms import fold_layer_norm_into_linear, normalize_last_dim
-
-if triton is not None:
-    import triton.language as tl
+from .parameter_cache import derived_from_parameters
+from .row_norm import fold_layer_norm_into_linear, normalize_rows
+from .runtime import FLOAT_DTYPES, available, needs_autograd, operand_dtype, tl, triton
 
 __all__ = ["fused_layer_norm_mlp", "fused_layer_norm_mlp_applies", "layer_norm_mlp_reference"]
 
-
-def layer_norm_mlp_reference(
-    dw: Tensor,
-    residual: Tensor,
-    norm: nn.LayerNorm,
-    fc1: nn.Linear,
-    fc2: nn.Linear,
-    layer_scale: Tensor | None,
-    gelu_approximate: str = "none",
-    *,
-    activation: str = "gelu",
-    extra_residual: Tensor | None = None,
-) -> Tensor:
-    """``residual + layer_scale * fc2(gelu(fc1(norm(dw))))`` over the last dim of ``dw``,
-    in plain PyTorch (the unfused path; differentiable). ``layer_scale`` ``None``: none.
-    ``activation="relu"`` replaces the GELU (``gelu_approximate`` is then unused);
-    ``extra_residual`` (``dw``'s shape) is added to the result as well.
-    The folded weights are cast to ``dw``'s dtype so bf16 activations work without
-    autocast (under autocast ``F.linear`` casts them anyway)."""
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
-    if tuple(norm.normalized_shape) != (dw.shape[-1],):
-        raise ValueError(f"norm over {tuple(norm.normalized_shape)} cannot normalise the last dim of {tuple(dw.shape)}")
-    def folded():
-        w1, b1 = fold_layer_norm_into_linear(norm, fc1.weight, fc1.bias)
-        w2, b2 = fc2.weight, fc2.bias
-        if layer_scale is not None:
-            w2 = w2 * layer_scale[:, None]
-            b2 = None if b2 is None else b2 * layer_scale
-        cast = lambda t: None if t is None else t.to(dw.dtype)
-        return cast(w1), cast(b1), cast(w2), cast(b2)
-
-    sources = _sources(norm, fc1, fc2, layer_scale)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources):
-        w1, b1, w2, b2 = folded()  # differentiable
-    else:  # inference: fold and cast once per parameter version
-        w1, b1, w2, b2 = derived_from_parameters(fc1, "layer_norm_mlp_reference", sources, folded, extra=(dw.dtype,))
-    y = F.linear(normalize_last_dim(dw, norm.eps), w1, b1)
-    y = F.relu(y) if activation == "relu" else F.gelu(y, approximate=gelu_approximate)
-    if extra_residual is not None:
-        residual = residual + extra_residual
-    return residual + F.linear(y, w2, b2)
-
-
+_ACTIVATIONS = ("gelu", "relu")
 # (BLOCK_M, BLOCK_H, num_warps, num_stages) per (C, operand bytes), from a sweep on an
 # H200 (16.7M rows; BLOCK_M in 64/128, BLOCK_H in 32/64/128, 4/8 warps, 2/3 stages).
 # Registers bound the tiles: acc (BLOCK_M x C fp32) and the hidden chunk (BLOCK_M x
@@ -102,36 +51,70 @@ _CONFIGS = {
     (64, 4): (32, 32, 4, 2),
     (128, 4): (64, 32, 8, 2),
 }
-_ACTIVATIONS = ("gelu", "relu")
 
 
-def _operand_dtype(dw: Tensor) -> torch.dtype:
-    """Dtype of the ``tl.dot`` operands: ``dw``'s, or the autocast dtype for float32 ``dw``
-    under autocast (what the unfused ``F.linear`` would use)."""
-    device = dw.device.type
-    if dw.dtype == torch.float32 and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return dw.dtype
-
-
-def fused_layer_norm_mlp_applies(
-    dw: Tensor,
+def layer_norm_mlp_reference(
+    x: Tensor,
     residual: Tensor,
     norm: nn.LayerNorm,
     fc1: nn.Linear,
     fc2: nn.Linear,
-    layer_scale: Tensor | None,
-    gelu_approximate: str = "none",
     *,
+    layer_scale: Tensor | None = None,
+    gelu_approximate: str = "none",
+    activation: str = "gelu",
+    extra_residual: Tensor | None = None,
+) -> Tensor:
+    """:func:`fused_layer_norm_mlp` in plain PyTorch (the unfused path; differentiable). The
+    folded weights are cast to ``x``'s dtype so bf16 activations work without autocast (under
+    autocast ``F.linear`` casts them anyway)."""
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    if tuple(norm.normalized_shape) != (x.shape[-1],):
+        raise ValueError(f"norm over {tuple(norm.normalized_shape)} cannot normalise the last dim of {tuple(x.shape)}")
+
+    def folded():
+        w1, b1 = fold_layer_norm_into_linear(norm.weight, norm.bias, fc1.weight, fc1.bias)
+        w2, b2 = fc2.weight, fc2.bias
+        if layer_scale is not None:
+            w2 = w2 * layer_scale[:, None]
+            b2 = None if b2 is None else b2 * layer_scale
+        cast = lambda t: None if t is None else t.to(x.dtype)
+        return cast(w1), cast(b1), cast(w2), cast(b2)
+
+    sources = _sources(norm, fc1, fc2, layer_scale)
+    if needs_autograd(*sources):
+        w1, b1, w2, b2 = folded()  # differentiable
+    else:  # inference: fold and cast once per parameter version
+        w1, b1, w2, b2 = derived_from_parameters(fc1, "layer_norm_mlp_reference", sources, folded, extra=(x.dtype,))
+    y = F.linear(normalize_rows(x, norm.eps), w1, b1)
+    y = F.relu(y) if activation == "relu" else F.gelu(y, approximate=gelu_approximate)
+    if extra_residual is not None:
+        residual = residual + extra_residual
+    return residual + F.linear(y, w2, b2)
+
+
+def fused_layer_norm_mlp_applies(
+    x: Tensor,
+    residual: Tensor,
+    norm: nn.LayerNorm,
+    fc1: nn.Linear,
+    fc2: nn.Linear,
+    *,
+    layer_scale: Tensor | None = None,
+    gelu_approximate: str = "none",
     activation: str = "gelu",
     extra_residual: Tensor | None = None,
 ) -> bool:
-    """Whether :func:`fused_layer_norm_mlp` runs the Triton kernel for these arguments."""
-    channels = dw.shape[-1] if dw.dim() else 0
-    tensors = [dw, residual, fc1.weight, fc2.weight]
+    """Whether :func:`fused_layer_norm_mlp` runs the Triton kernel for these arguments: where
+    :func:`~sed_d2.ops.runtime.available`, ``C`` in {16, 32, 64, 128} with hidden ``4C``,
+    float32 / bf16 / fp16 contiguous inputs on one device, and no autograd (grad disabled or
+    nothing requires grad)."""
+    channels = x.shape[-1] if x.dim() else 0
+    tensors = [x, residual, fc1.weight, fc2.weight]
     tensors += [t for t in (norm.weight, norm.bias, fc1.bias, fc2.bias, layer_scale, extra_residual) if t is not None]
     return bool(
-        triton_available(dw)
+        available(x)
         and activation in _ACTIVATIONS
         and gelu_approximate in ("none", "tanh")
         and channels in (16, 32, 64, 128)  # tl.dot needs >= 16; power of two for the tiles
@@ -139,67 +122,67 @@ def fused_layer_norm_mlp_applies(
         and tuple(fc1.weight.shape) == (4 * channels, channels)
         and tuple(fc2.weight.shape) == (channels, 4 * channels)
         and (layer_scale is None or tuple(layer_scale.shape) == (channels,))
-        and residual.shape == dw.shape
-        and residual.dtype == dw.dtype
-        and dw.dtype in _DTYPES
-        and _operand_dtype(dw) in _DTYPES
-        and dw.is_contiguous()
+        and residual.shape == x.shape
+        and residual.dtype == x.dtype
+        and x.dtype in FLOAT_DTYPES
+        and operand_dtype(x) in FLOAT_DTYPES
+        and x.is_contiguous()
         and residual.is_contiguous()
-        and (extra_residual is None or _same_rows(extra_residual, dw))
-        and all(t.device == dw.device for t in tensors)
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and (extra_residual is None or _same_rows(extra_residual, x))
+        and all(t.device == x.device for t in tensors)
+        and not needs_autograd(*tensors)
     )
 
 
 def fused_layer_norm_mlp(
-    dw: Tensor,
+    x: Tensor,
     residual: Tensor,
     norm: nn.LayerNorm,
     fc1: nn.Linear,
     fc2: nn.Linear,
-    layer_scale: Tensor | None,
-    gelu_approximate: str = "none",
     *,
+    layer_scale: Tensor | None = None,
+    gelu_approximate: str = "none",
     activation: str = "gelu",
     extra_residual: Tensor | None = None,
 ) -> Tensor:
-    """``residual + layer_scale * fc2(gelu(fc1(norm(dw))))`` over the last dim of ``dw``.
+    """``residual + layer_scale * fc2(gelu(fc1(norm(x))))`` over the last dim of ``x``.
 
     Args:
-        dw: ``(..., C)`` rows (the depthwise-conv output, channels last).
-        residual: same shape and dtype as ``dw``.
+        x: ``(..., C)`` rows (e.g. a depthwise-conv output, channels last).
+        residual: same shape and dtype as ``x``.
         norm: ``nn.LayerNorm(C)`` (its ``eps``; affine optional).
         fc1: ``nn.Linear(C, 4C)``; fc2: ``nn.Linear(4C, C)`` (biases optional).
-        layer_scale: ``(C,)`` or ``None``.
+        layer_scale: ``(C,)`` or ``None`` (none).
         gelu_approximate: ``F.gelu``'s ``approximate`` (``"none"``: exact erf GELU).
         activation: ``"gelu"`` or ``"relu"`` (the class transformer layer's MLP; then
             ``gelu_approximate`` is unused).
         extra_residual: ``None`` or a second tensor like ``residual`` (same shape, dtype,
             contiguous for the kernel), added to the output in the same pass.
 
-    Returns ``dw``'s shape and dtype. The Triton kernel (one read of ``dw`` and
-    ``residual``, one write) runs when :func:`fused_layer_norm_mlp_applies`: CUDA (or
-    ``TRITON_INTERPRET=1``), ``C`` in {16, 32, 64, 128} with hidden ``4C``, float32 /
-    bf16 / fp16 contiguous inputs, and no autograd (grad disabled or nothing requires
-    grad). Otherwise the result is :func:`layer_norm_mlp_reference`.
+    Returns ``x``'s shape and dtype. The Triton kernel (one read of ``x`` and ``residual``,
+    one write) runs when :func:`fused_layer_norm_mlp_applies`; otherwise the result is
+    :func:`layer_norm_mlp_reference`.
 
     Numerics: LayerNorm, GELU, biases and the residual add in float32; the two products
     take bf16/fp16 operands (float32 accumulation) for such inputs, and for float32
     inputs exact float32 ("ieee") or TF32 when ``torch.backends.cuda.matmul.allow_tf32``.
     The erf GELU uses libdevice ``erf`` for float32 operands and a branch-free erf
-    (error <= 1.5e-7 * (1 + |x|)) for 16-bit ones.
-    Under autocast, float32 inputs use the autocast dtype as operands (like ``F.linear``).
+    (error <= 1.5e-7 * (1 + |x|)) for 16-bit ones. Under autocast the operands take the
+    autocast dtype (as ``F.linear``'s).
     """
-    options = dict(activation=activation, extra_residual=extra_residual)
-    if not fused_layer_norm_mlp_applies(dw, residual, norm, fc1, fc2, layer_scale, gelu_approximate, **options):
-        return layer_norm_mlp_reference(dw, residual, norm, fc1, fc2, layer_scale, gelu_approximate, **options)
+    options = dict(
+        layer_scale=layer_scale, gelu_approximate=gelu_approximate, activation=activation, extra_residual=extra_residual
+    )
+    if not fused_layer_norm_mlp_applies(x, residual, norm, fc1, fc2, **options):
+        return layer_norm_mlp_reference(x, residual, norm, fc1, fc2, **options)
     with torch.no_grad():
-        return _launch(dw, residual, norm, fc1, fc2, layer_scale, gelu_approximate == "tanh", **options)
+        return _launch(x, residual, norm, fc1, fc2, **options)
 
 
-def _same_rows(t: Tensor, dw: Tensor) -> bool:
-    """``t`` can be read with ``dw``'s row offsets: same shape and dtype, contiguous."""
-    return t.shape == dw.shape and t.dtype == dw.dtype and t.is_contiguous()
+def _same_rows(t: Tensor, x: Tensor) -> bool:
+    """``t`` can be read with ``x``'s row offsets: same shape and dtype, contiguous."""
+    return t.shape == x.shape and t.dtype == x.dtype and t.is_contiguous()
 
 
 def _sources(norm, fc1, fc2, layer_scale) -> tuple:
@@ -212,9 +195,8 @@ def _kernel_weights(norm, fc1, fc2, layer_scale, operand: torch.dtype) -> tuple[
     operand dtype, the biases float32 (zeros where absent)."""
     channels = fc2.weight.shape[0]
     hidden = fc1.weight.shape[0]
-    f32 = lambda t: None if t is None else t.float()
-    affine = SimpleNamespace(weight=f32(norm.weight), bias=f32(norm.bias))  # bf16 parameters fold in float32 too
-    w1, b1 = fold_layer_norm_into_linear(affine, fc1.weight.float(), f32(fc1.bias))
+    f32 = lambda t: None if t is None else t.float()  # bf16 parameters fold in float32 too
+    w1, b1 = fold_layer_norm_into_linear(f32(norm.weight), f32(norm.bias), fc1.weight.float(), f32(fc1.bias))
     w2, b2 = fc2.weight.float(), f32(fc2.bias)
     if layer_scale is not None:
         scale = layer_scale.float()
@@ -228,14 +210,25 @@ def _kernel_weights(norm, fc1, fc2, layer_scale, operand: torch.dtype) -> tuple[
     return w1t, b1, w2t, b2
 
 
-def _launch(dw, residual, norm, fc1, fc2, layer_scale, tanh: bool, activation="gelu", extra_residual=None) -> Tensor:
-    channels = dw.shape[-1]
+def _launch(
+    x: Tensor,
+    residual: Tensor,
+    norm: nn.LayerNorm,
+    fc1: nn.Linear,
+    fc2: nn.Linear,
+    *,
+    layer_scale: Tensor | None,
+    gelu_approximate: str,
+    activation: str,
+    extra_residual: Tensor | None,
+) -> Tensor:
+    channels = x.shape[-1]
     hidden = 4 * channels
-    rows = dw.numel() // channels
-    out = torch.empty_like(dw)
+    rows = x.numel() // channels
+    out = torch.empty_like(x)
     if rows == 0:
         return out
-    operand = _operand_dtype(dw)
+    operand = operand_dtype(x)
     w1t, b1, w2t, b2 = derived_from_parameters(
         fc1, "fused_layer_norm_mlp", _sources(norm, fc1, fc2, layer_scale),
         lambda: _kernel_weights(norm, fc1, fc2, layer_scale, operand), extra=(operand,),
@@ -247,9 +240,9 @@ def _launch(dw, residual, norm, fc1, fc2, layer_scale, tanh: bool, activation="g
     block_m, block_h, num_warps, num_stages = _CONFIGS[(channels, operand.itemsize)]
     extra = residual if extra_residual is None else extra_residual  # unread without HAS_EXTRA
     _ln_mlp_kernel[(triton.cdiv(rows, block_m),)](
-        dw, residual, extra, w1t, b1, w2t, b2, out, rows, float(norm.eps),
+        x, residual, extra, w1t, b1, w2t, b2, out, rows, float(norm.eps),
         C=channels, HIDDEN=hidden, BLOCK_M=block_m, BLOCK_H=block_h,
-        PRECISION=precision, TANH=tanh, FAST_ERF=operand != torch.float32,
+        PRECISION=precision, TANH=gelu_approximate == "tanh", FAST_ERF=operand != torch.float32,
         RELU=activation == "relu", HAS_EXTRA=extra_residual is not None,
         num_warps=num_warps, num_stages=num_stages,
     )

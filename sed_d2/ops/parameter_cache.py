@@ -10,7 +10,7 @@ or modified in place (``Tensor._version``, which every in-place op, optimizer st
 ``load_state_dict`` bumps).
 
 A CUDA graph replays the kernels it recorded, reading the cached tensors as they were; it does
-not re-run this check. :func:`sed_d2.utils.cuda_graphs.graph_key` therefore includes the
+not re-run this check. :func:`sed_d2.ops.cuda_graphs.graph_key` therefore includes the
 parameters' versions, so a parameter change gets a new capture (and a recomputed cache).
 Nothing is cached while a stream is being captured (the graph would own the memory).
 """

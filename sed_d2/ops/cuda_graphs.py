@@ -34,7 +34,7 @@ def graph_key(inputs: Sequence[Tensor], parameters: Sequence[Tensor]) -> tuple:
     return (
         tuple((tuple(x.shape), x.dtype, x.device) for x in inputs),
         # versions too: inference kernels read weights prepared once per parameter version
-        # (sed_d2.utils.parameter_cache), which a replay would not refresh
+        # (sed_d2.ops.parameter_cache), which a replay would not refresh
         tuple((p.data_ptr(), p._version) for p in parameters),
         torch.is_autocast_enabled(device_type),
         torch.get_autocast_dtype(device_type),

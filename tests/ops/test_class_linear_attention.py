@@ -1,7 +1,7 @@
-"""sed_d2.layers.fused_linear_attention: the two Triton passes equal ``residual +
+"""sed_d2.ops.class_linear_attention: the two Triton passes equal ``residual +
 linear_attention`` along the class axis.
 
-As in test_fused_mlp.py, the kernels run on CPU in Triton's interpreter: a subprocess
+As in test_layer_norm_mlp.py, the kernels run on CPU in Triton's interpreter: a subprocess
 with TRITON_INTERPRET=1, set before Triton is imported. (The kernels' dots are float32,
 so the interpreter's bfloat16 dot problem does not arise.) Without it the CPU path is the
 PyTorch reference, checked here against the module computation.
@@ -12,12 +12,14 @@ import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from sed_d2.layers import MultiHeadLinearAttention, linear_attention
-from sed_d2.layers.fused_linear_attention import (
+from sed_d2.layers import MultiHeadLinearAttention
+from sed_d2.ops.class_linear_attention import (
     class_linear_attention_reference,
     fused_class_linear_attention,
     fused_class_linear_attention_applies,
+    linear_attention,
 )
 from tests.helpers import run_in_triton_interpreter
 
@@ -25,8 +27,8 @@ from tests.helpers import run_in_triton_interpreter
 _CHECK = textwrap.dedent(
     """
     import torch
-    from sed_d2.layers import fused_linear_attention as fla
-    from sed_d2.layers.fused_linear_attention import (
+    from sed_d2.ops import class_linear_attention as fla
+    from sed_d2.ops.class_linear_attention import (
         _APPLY_CONFIGS, _SUM_CONFIGS, class_linear_attention_reference,
         fused_class_linear_attention, fused_class_linear_attention_applies,
     )
@@ -127,11 +129,6 @@ def test_reference_is_the_module_attention_plus_residual():
     torch.testing.assert_close(class_linear_attention_reference(qkv, x, 4, 0.1), x + linear_attention(q, k, v, 0.1).flatten(-2))
 
 
-def test_qkv_projection_needs_no_guidance():
-    with pytest.raises(ValueError):
-        MultiHeadLinearAttention(8, 2, guidance_dim=3).qkv_projection(torch.randn(2, 3, 8))
-
-
 def test_cpu_without_interpreter_falls_back():
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("the interpreter runs the kernels on CPU")
@@ -148,10 +145,43 @@ def test_every_dot_contraction_is_at_least_16():
     """Triton on Hopper rejects tl.dot contractions shorter than 16 (the CPU interpreter
     accepts them): pass 1 contracts over BLOCK_T classes, pass 2 over the head dim padded
     to max(D, 16)."""
-    from sed_d2.layers import fused_linear_attention as fla
+    from sed_d2.ops import class_linear_attention as fla
 
     assert set(fla._SUM_CONFIGS) == set(fla._APPLY_CONFIGS)
     for head_dim, (_, block_t, _) in fla._SUM_CONFIGS.items():
         assert block_t >= 16, (head_dim, block_t)
     for _, block_t, _ in fla._APPLY_CONFIGS.values():
         assert block_t <= fla._MAX_BLOCK_T  # the host's int32 offset check uses the largest tile
+
+
+# ----------------------------------------------------------------------------- linear_attention
+def _explicit(q, k, v, eps):
+    """out_l = sum_s (phi(q_l).phi(k_s)) v_s / (sum_s phi(q_l).phi(k_s) + eps), per head."""
+    phi_q, phi_k = F.elu(q) + 1, F.elu(k) + 1
+    scores = torch.einsum("nlhd,nshd->nhls", phi_q, phi_k)  # explicit (L, S) weights
+    out = torch.einsum("nhls,nshe->nlhe", scores, v)
+    return out / (scores.sum(-1).permute(0, 2, 1).unsqueeze(-1) + eps)
+
+
+def test_linear_attention_equals_explicit_formula():
+    torch.manual_seed(0)
+    q = torch.randn(3, 7, 2, 4, dtype=torch.float64)
+    k = torch.randn(3, 5, 2, 4, dtype=torch.float64)
+    v = torch.randn(3, 5, 2, 6, dtype=torch.float64)
+    out = linear_attention(q, k, v, eps=1e-6)
+    assert out.shape == (3, 7, 2, 6)
+    torch.testing.assert_close(out, _explicit(q, k, v, 1e-6))
+    # eps matters (it is not scaled with the sequence length)
+    torch.testing.assert_close(linear_attention(q, k, v, eps=0.5), _explicit(q, k, v, 0.5))
+
+
+def test_extra_position_dims_attend_independently():
+    torch.manual_seed(3)
+    q = torch.randn(2, 5, 3, 4, 2, 4, dtype=torch.float64)  # (N, L, *P=(3, 4), H, D)
+    k = torch.randn(2, 6, 3, 4, 2, 4, dtype=torch.float64)
+    v = torch.randn(2, 6, 3, 4, 2, 3, dtype=torch.float64)
+    out = linear_attention(q, k, v)
+    assert out.shape == (2, 5, 3, 4, 2, 3)
+    for i in range(3):
+        for j in range(4):
+            torch.testing.assert_close(out[:, :, i, j], _explicit(q[:, :, i, j], k[:, :, i, j], v[:, :, i, j], 1e-6))

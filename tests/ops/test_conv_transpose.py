@@ -1,0 +1,82 @@
+"""sed_d2.ops.conv_transpose_2x2: the 2x2 stride-2 transposed convolution (kernel and matrix
+product reference) equals F.conv_transpose2d, also written into a channel slice.
+
+The kernel runs on CPU in Triton's interpreter (a subprocess with TRITON_INTERPRET=1, set
+before Triton is imported); without it the CPU path is the reference.
+"""
+
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sed_d2.ops.conv_transpose import conv_transpose_2x2, conv_transpose_2x2_applies
+from tests.helpers import INTERPRETER_BF16_DOT, run_in_triton_interpreter
+
+_CONV_TRANSPOSE_CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
+    """
+    import torch, torch.nn.functional as F
+    from sed_d2.ops.conv_transpose import conv_transpose_2x2, conv_transpose_2x2_applies
+    torch.manual_seed(0)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for n, c, o, h, w in [(2, 8, 24, 3, 5), (1, 80, 32, 2, 3), (3, 32, 8, 1, 4)]:
+        x = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
+        weight, bias = torch.randn(c, o, 2, 2) / c ** 0.5, torch.randn(o)
+        assert conv_transpose_2x2_applies(x, weight, bias)
+        ref = F.conv_transpose2d(x.double(), weight.double(), bias.double(), stride=2)
+        with torch.no_grad():
+            out = conv_transpose_2x2(x, weight, bias)
+            assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == torch.float32
+            torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(conv_transpose_2x2(x, weight, None, relu=True).double(),
+                                       F.relu(ref - bias.double().view(1, o, 1, 1)), rtol=1e-5, atol=1e-5)
+            # into a channel slice of a wider channels-last buffer: neighbours untouched
+            buffer = torch.full((n, o + 5, 2 * h, 2 * w), 7.0).contiguous(memory_format=torch.channels_last)
+            conv_transpose_2x2(x, weight, bias, out=buffer[:, 2 : 2 + o])
+            torch.testing.assert_close(buffer[:, 2 : 2 + o].double(), ref, rtol=1e-5, atol=1e-5)
+            assert (buffer[:, :2] == 7).all() and (buffer[:, 2 + o :] == 7).all()
+            # bf16 activations (as under autocast in the decoder): bf16 out, float32 accumulation
+            xb = x.bfloat16()
+            with torch.autocast("cpu", torch.bfloat16):
+                outb = conv_transpose_2x2(xb, weight, bias)
+            assert outb.dtype == torch.bfloat16
+            refb = F.conv_transpose2d(xb.double(), weight.bfloat16().double(), bias.double(), stride=2)
+            torch.testing.assert_close(outb.double(), refb, rtol=2e-2, atol=2e-2)
+    xg = x.clone().requires_grad_()
+    assert not conv_transpose_2x2_applies(xg, weight, bias)  # autograd: the PyTorch path
+    print("ok")
+    """
+)
+
+
+def test_kernel_in_the_interpreter():
+    pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run here")
+    run_in_triton_interpreter(_CONV_TRANSPOSE_CHECK)
+
+
+def test_reference_into_a_channel_slice():
+    torch.manual_seed(2)
+    x = torch.randn(2, 6, 3, 5)
+    weight, bias = torch.randn(6, 4, 2, 2), torch.randn(4)
+    buffer = torch.zeros(2, 7, 6, 10).contiguous(memory_format=torch.channels_last)
+    assert not conv_transpose_2x2_applies(x, weight, bias, buffer[:, 1:5])
+    out = conv_transpose_2x2(x, weight, bias, out=buffer[:, 1:5])
+    assert out.data_ptr() == buffer[:, 1:5].data_ptr()
+    torch.testing.assert_close(buffer[:, 1:5], F.conv_transpose2d(x, weight, bias, stride=2), rtol=1e-5, atol=1e-5)
+    assert buffer[:, 0].abs().sum() == 0 and buffer[:, 5:].abs().sum() == 0  # neighbours untouched
+    with pytest.raises(ValueError, match="channel stride 1"):
+        conv_transpose_2x2(x, weight, bias, out=torch.zeros(2, 4, 6, 10))  # NCHW: channel stride is not 1
+    with pytest.raises(ValueError, match=r"\(2, 4, 6, 10\)"):
+        conv_transpose_2x2(x, weight, bias, out=buffer[:, :3])
+
+
+def test_reference_is_the_transposed_convolution():
+    torch.manual_seed(4)
+    x = torch.randn(3, 6, 4, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(6, 7, 2, 2, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+    out = conv_transpose_2x2(x, weight, bias)
+    torch.testing.assert_close(out, F.conv_transpose2d(x, weight, bias, stride=2), rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    relu = conv_transpose_2x2(x, weight, bias, relu=True)
+    torch.testing.assert_close(relu, F.relu(F.conv_transpose2d(x, weight, bias, stride=2)), rtol=1e-12, atol=1e-12)
