@@ -46,7 +46,8 @@ def apply_runtime_flags(cfg: CfgNode, *, training: bool = False) -> None:
     TF32 (``MODEL.OVSEG.ALLOW_TF32``): the official SED trains and evaluates with TF32 matmuls;
     sed_d2 keeps exact fp32 unless asked. cuDNN autotuning (``CUDNN_BENCHMARK``) in training
     only, as detectron2's ``default_setup`` does: at inference every new input shape would pay
-    the search. ``MODEL.OVSEG.FAST_OPS`` turns every Triton fast path on or off.
+    the search. ``MODEL.OVSEG.FAST_OPS`` turns every Triton fast path on or off
+    (``SED_D2_FAST_OPS=0`` in the environment keeps them off whatever the config says).
     """
     from sed_d2 import ops  # here, not at module level: sed_d2.ops imports Triton when present
 
