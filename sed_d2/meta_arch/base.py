@@ -47,6 +47,7 @@ from torch import nn
 
 from ..clip import TextEncoder, get_templates, validate_vocabulary
 from ..data.vocabulary import vocabulary_of
+from .. import ops
 from ..ops.cuda_graphs import CUDAGraphCache, graph_key
 from .inference import InferenceProtocol, WholeImage, build_inference_protocol
 
@@ -257,7 +258,8 @@ class OpenVocabSegmentor(nn.Module):
             return fn(*inputs)
         if self._graph_parameters is None:
             self._graph_parameters = list(self.parameters())
-        key = (name, graph_key(inputs, self._graph_parameters))
+        # the fast-ops switch too: a graph captured with the Triton kernels would replay them
+        key = (name, ops.enabled(), graph_key(inputs, self._graph_parameters))
         if key in self._graph_failures:
             return fn(*inputs)
         try:

@@ -121,3 +121,24 @@ def test_text_encoder_uses_the_tokenizer_of_the_configured_clip_model():
     expected = open_clip.get_tokenizer("sed_d2_tiny_convnext")
     assert type(model.text_encoder.tokenizer) is type(expected)
     assert torch.equal(model.text_encoder.tokenizer(["a photo of a cat"]), expected(["a photo of a cat"]))
+
+
+def test_graph_keys_follow_the_fast_ops_switch():
+    """A graph captured with the Triton kernels replays them: switching fast ops off needs
+    another graph."""
+    from sed_d2 import ops
+
+    if not ops.enabled():
+        pytest.skip("SED_D2_FAST_OPS=0 keeps the fast ops off in this process")
+    model = _build().eval()
+    keys = []
+    model._graphs = lambda key, fn, *inputs: (keys.append(key), fn(*inputs))[1]
+    with torch.no_grad():
+        model.run_network("probe", lambda x: 1, _CudaLike())
+        ops.set_enabled(False)
+        try:
+            model.run_network("probe", lambda x: 1, _CudaLike())
+        finally:
+            ops.set_enabled(True)
+        model.run_network("probe", lambda x: 1, _CudaLike())
+    assert keys[0] != keys[1] and keys[0] == keys[2]
