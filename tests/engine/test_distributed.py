@@ -6,6 +6,7 @@ batch mean. Evaluation results must be identical for 1 and 2 processes.
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -18,7 +19,16 @@ from tests.d2_helpers import ROOT, tiny_opts_for
 pytestmark = requires_detectron2
 
 
+def _free_port() -> int:
+    # detectron2's default --dist-url port depends only on the user id: two runs at once
+    # (e.g. two test sessions on one machine) would collide on it.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _train_net(output_dir, num_procs, *extra, flags=()):
+    flags = (*flags, "--dist-url", f"tcp://127.0.0.1:{_free_port()}")
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), *flags,
            "--config-file", os.path.join(ROOT, "configs/sed/tiny.yaml"),
            "--num-gpus", str(num_procs), *tiny_opts_for("configs/sed/tiny.yaml"),
