@@ -26,6 +26,10 @@ method's internals.
   cannot be split.
 * ``logits_to_scores(logits)``: per-class scores in [0, 1]; the default is a float32
   sigmoid. ``forward_test(images, text)`` is ``logits_to_scores(network_logits(...))``.
+* A method that holds its pure-PyTorch network (``models/<method>.py``) as ``self.model``
+  gets ``clip_model``, ``parameter_groups`` (its network's, prefixed ``model.``) and
+  ``image_features`` from it by default: only ``from_config``, ``forward_train`` and
+  ``decode`` are left to write.
 * ``benchmark_variants()`` (optional): ``{name: value -> context manager}``, method-specific
   ways to run inference that ``tools/benchmark.py`` measures as extra cases (SED:
   ``cer_keep``, a fixed number of classes surviving early rejection). Default: none.
@@ -152,11 +156,21 @@ class OpenVocabSegmentor(nn.Module):
     # ------------------------------------------------------------------ vocabulary
     @property
     def clip_model(self) -> nn.Module:
-        raise NotImplementedError(f"{type(self).__name__} must provide clip_model (the method contract)")
+        return self._network("clip_model").clip_model
 
     @property
     def parameter_groups(self) -> Dict[str, str]:
-        raise NotImplementedError(f"{type(self).__name__} must provide parameter_groups (the method contract)")
+        """Parameter name (as in ``self.named_parameters()``) -> group of the network's table."""
+        return {f"model.{k}": v for k, v in self._network("parameter_groups").parameter_groups.items()}
+
+    def _network(self, member: str) -> nn.Module:
+        """``self.model``, the method's network, for the contract's defaults."""
+        network = self._modules.get("model")
+        if network is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} must provide {member} (the method contract), or hold its network as self.model"
+            )
+        return network
 
     @property
     def text_encoder(self) -> TextEncoder:
@@ -318,7 +332,7 @@ class OpenVocabSegmentor(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must provide forward_train (the method contract)")
 
     def image_features(self, images: torch.Tensor) -> Mapping[str, torch.Tensor]:
-        raise NotImplementedError(f"{type(self).__name__} must provide image_features (the method contract)")
+        return self._network("image_features").image_features(images)
 
     def decode(self, features: Mapping[str, torch.Tensor], text_embeddings: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must provide decode (the method contract)")

@@ -1,7 +1,7 @@
 """CAT-Seg as a detectron2 meta-architecture (registered name ``CATSeg``)."""
 from __future__ import annotations
 
-from typing import Dict, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from detectron2.config import configurable
@@ -91,23 +91,11 @@ class CATSeg(OpenVocabSegmentor):
         ret.update(model=model, ignore_as_negative=catseg.IGNORE_AS_NEGATIVE)
         return ret
 
-    @property
-    def clip_model(self):
-        return self.model.clip_model
-
-    @property
-    def parameter_groups(self) -> Dict[str, str]:
-        """Parameter name (as in ``self.named_parameters()``) -> "frozen" | "clip" | "decoder"."""
-        return {f"model.{k}": v for k, v in self.model.parameter_groups.items()}
-
     def forward_train(self, images, text_embeddings, targets):
         output = self.model(images, text_embeddings)
         return self.model.losses(
             output, targets, self.ignore_value, ignore_as_negative=self.ignore_as_negative
         )
-
-    def image_features(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return self.model.image_features(images)
 
     def decode(self, features: Mapping[str, torch.Tensor], text_embeddings: torch.Tensor) -> torch.Tensor:
         # Capturable (the base's decode_capturable): class pruning, with more classes than

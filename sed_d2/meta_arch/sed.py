@@ -76,23 +76,11 @@ class SED(OpenVocabSegmentor):
         )
         return ret
 
-    @property
-    def clip_model(self):
-        return self.model.clip_model
-
-    @property
-    def parameter_groups(self) -> Dict[str, str]:
-        """Parameter name (as in ``self.named_parameters()``) -> "frozen" | "clip" | "decoder"."""
-        return {f"model.{k}": v for k, v in self.model.parameter_groups.items()}
-
     def forward_train(self, images, text_embeddings, targets):
         output = self.model(images, text_embeddings)
         return self.model.losses(
             output, targets, self.ignore_value, ignore_as_negative=self.ignore_as_negative
         )
-
-    def image_features(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return self.model.image_features(images)
 
     def decode(self, features, text_embeddings: torch.Tensor) -> torch.Tensor:
         return self.model.decode(features, text_embeddings, self.rejection_rule).logits

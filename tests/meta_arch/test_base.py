@@ -142,3 +142,24 @@ def test_graph_keys_follow_the_fast_ops_switch():
             ops.set_enabled(True)
         model.run_network("probe", lambda x: 1, _CudaLike())
     assert keys[0] != keys[1] and keys[0] == keys[2]
+
+
+def test_a_method_without_its_network_as_self_model_must_provide_the_contract():
+    from sed_d2.meta_arch import OpenVocabSegmentor
+
+    class Bare(OpenVocabSegmentor):
+        pass
+
+    bare = Bare(
+        clip_pixel_mean=(0.0, 0.0, 0.0), clip_pixel_std=(1.0, 1.0, 1.0), clip_resolution=(8, 8),
+        prompt_templates="single", train_vocabulary=None, test_vocabulary=["cat"], ignore_value=255,
+    )
+    for member, call in (
+        ("clip_model", lambda: bare.clip_model),
+        ("parameter_groups", lambda: bare.parameter_groups),
+        ("image_features", lambda: bare.image_features(torch.zeros(1, 3, 8, 8))),
+        ("forward_train", lambda: bare.forward_train(None, None, None)),
+        ("decode", lambda: bare.decode({}, None)),
+    ):
+        with pytest.raises(NotImplementedError, match=f"Bare must provide {member} \\(the method contract\\)"):
+            call()

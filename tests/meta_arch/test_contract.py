@@ -75,8 +75,13 @@ def test_the_contract_is_complete(config_file):
     from sed_d2.meta_arch import OpenVocabSegmentor
 
     model = _build(config_file)
-    for name in ("clip_model", "parameter_groups", "forward_train", "image_features", "decode"):
+    for name in ("forward_train", "decode"):
         assert getattr(type(model), name) is not getattr(OpenVocabSegmentor, name), f"{name} not provided"
+    # clip_model, parameter_groups and image_features come from the network held as self.model
+    assert model.clip_model is model.model.clip_model
+    assert set(model.image_features(torch.zeros(1, 3, *model.clip_resolution))) == set(
+        model.model.image_features(torch.zeros(1, 3, *model.clip_resolution))
+    )
     assert isinstance(model.benchmark_variants(), dict)
     # a parameter group for every parameter, from the shared table of groups
     from sed_d2.models.parameter_groups import FROZEN_GROUP, LR_MULTIPLIER_KEYS
