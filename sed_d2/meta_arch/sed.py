@@ -55,6 +55,7 @@ class SED(OpenVocabSegmentor):
             ovseg.CLIP_PRETRAINED,
             drop_path_rate=ovseg.CLIP_DROP_PATH_RATE,
             head_dropout=ovseg.CLIP_HEAD_DROPOUT,
+            pretrained_key="MODEL.OVSEG.CLIP_PRETRAINED",
         )
         decoder = build_sed_decoder_for(
             clip_model,
