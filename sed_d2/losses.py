@@ -14,7 +14,11 @@ from torch import Tensor
 
 from .ops import bilinear_resize
 
-__all__ = ["UpsampledOneHotBCE", "one_hot_bce_loss"]
+__all__ = ["TRAINING_CHUNK_CLASSES", "UpsampledOneHotBCE", "one_hot_bce_loss"]
+
+# The chunk of classes the methods' training losses use (see one_hot_bce_loss): the same value,
+# so the same memory saving, for every method; 0 would keep all upsampled logits for backward.
+TRAINING_CHUNK_CLASSES = 32
 
 
 def one_hot_bce_loss(

@@ -44,7 +44,7 @@ from ..layers import (
     scatter_classes,
 )
 from ..layers.swin import GuidedSwinBlockPair
-from ..losses import one_hot_bce_loss
+from ..losses import TRAINING_CHUNK_CLASSES, one_hot_bce_loss
 from .parameter_groups import ParameterGroupTable, assign_parameter_groups
 
 __all__ = [
@@ -351,7 +351,7 @@ class CATSegModel(nn.Module):
         targets: Tensor,
         ignore_value: int,
         ignore_as_negative: bool = True,
-        chunk_classes: int = 32,
+        chunk_classes: int = TRAINING_CHUNK_CLASSES,
     ) -> dict[str, Tensor]:
         """Official CAT-Seg loss ``loss_sem_seg``: the logits upsampled bilinearly to the
         targets, sigmoid BCE against one-hot targets, mean over all elements; ignored

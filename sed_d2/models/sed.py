@@ -36,7 +36,7 @@ from ..layers import (
     in_class_chunks,
     scatter_classes,
 )
-from ..losses import one_hot_bce_loss
+from ..losses import TRAINING_CHUNK_CLASSES, one_hot_bce_loss
 from .parameter_groups import ParameterGroupTable, assign_parameter_groups
 
 __all__ = ["RejectionRule", "SEDDecoder", "SEDModel", "SEDOutput", "SEDStage", "build_sed_decoder_for"]
@@ -396,7 +396,7 @@ class SEDModel(nn.Module):
         targets: Tensor,
         ignore_value: int,
         ignore_as_negative: bool = True,
-        chunk_classes: int = 32,
+        chunk_classes: int = TRAINING_CHUNK_CLASSES,
     ) -> dict[str, Tensor]:
         """Official SED losses: ``loss_sem_seg_0`` (main) and ``loss_sem_seg_{1,2,3}``
         (auxiliary heads at 1/32, 1/16, 1/8), each :func:`one_hot_bce_loss` with weight 1.
