@@ -149,18 +149,18 @@ class OpenVocabSemSegEvaluator(DatasetEvaluator):
         return OrderedDict({"sem_seg": metrics})
 
 
-def build_sem_seg_evaluator(dataset_name: str, output_dir: Optional[str] = None):
+def build_sem_seg_evaluator(dataset_name: str, output_dir: Optional[str] = None, *, distributed: bool = True):
     """The evaluator of a registered dataset, chosen by its metadata ``evaluator_type``."""
     meta = MetadataCatalog.get(dataset_name)
     kind = getattr(meta, "evaluator_type", None)
     if kind == "sem_seg":
-        return OpenVocabSemSegEvaluator(dataset_name, output_dir=output_dir)
+        return OpenVocabSemSegEvaluator(dataset_name, output_dir=output_dir, distributed=distributed)
     if kind == "sem_seg_background":
         background_index = getattr(meta, "background_index", None)
         if background_index is None:
             raise KeyError(f"dataset '{dataset_name}' is 'sem_seg_background' without 'background_index'")
         return OpenVocabSemSegEvaluator(
-            dataset_name, output_dir=output_dir, background_index=background_index
+            dataset_name, output_dir=output_dir, background_index=background_index, distributed=distributed
         )
     raise NotImplementedError(
         f"dataset '{dataset_name}' has evaluator_type {kind!r}; sed_d2 evaluates 'sem_seg' and "

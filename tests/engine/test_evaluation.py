@@ -61,8 +61,7 @@ def test_voc_background_clamp(tmp_path):
     name = _register(
         tmp_path, [gt], ["cat", "dog", "sky", "wall"], evaluator_type="sem_seg_background", background_index=2
     )
-    evaluator = build_sem_seg_evaluator(name)
-    evaluator._distributed = False
+    evaluator = build_sem_seg_evaluator(name, distributed=False)
     m = _evaluate(evaluator, [pred], 4)
     assert m["mIoU"] == 100.0 and "IoU-background" in m and "IoU-sky" not in m
 
@@ -76,8 +75,7 @@ def test_voc_background_clamp_counts_every_proxy_as_background_golden(tmp_path):
         tmp_path, [gt], ["cat", "dog", "sky", "wall", "floor"], evaluator_type="sem_seg_background",
         background_index=2,
     )
-    evaluator = build_sem_seg_evaluator(name)
-    evaluator._distributed = False
+    evaluator = build_sem_seg_evaluator(name, distributed=False)
     m = _evaluate(evaluator, [pred], 5)
     # clamped pred [2, 2, 0, 2]: cat TP 0 of GT 1 + PRED 1; background TP 2, GT 3, PRED 3
     assert m["IoU-cat"] == 0.0 and m["IoU-background"] == pytest.approx(50.0)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sed_d2.meta_arch.inference import SlidingWindow, WholeImage, window_boxes
+from tests.conftest import requires_detectron2
 
 
 def test_window_boxes_geometry():
@@ -107,10 +108,7 @@ def test_bad_settings_are_refused():
         SlidingWindow(grid=(2, 2), merge="median")
 
 
-@pytest.mark.skipif(
-    not __import__("sed_d2.utils.optional_dependencies", fromlist=["x"]).HAS_DETECTRON2,
-    reason="detectron2 is not installed",
-)
+@requires_detectron2
 def test_config_chooses_the_protocol_and_a_model_runs_it_for_any_batch():
     from detectron2.modeling import build_model
 
