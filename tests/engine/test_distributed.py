@@ -28,14 +28,19 @@ def _free_port() -> int:
 
 
 def _train_net(output_dir, num_procs, *extra, flags=()):
-    flags = (*flags, "--dist-url", f"tcp://127.0.0.1:{_free_port()}")
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), *flags,
-           "--config-file", os.path.join(ROOT, "configs/sed/tiny.yaml"),
-           "--num-gpus", str(num_procs), *tiny_opts_for("configs/sed/tiny.yaml"),
-           "OUTPUT_DIR", str(output_dir), *extra]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for attempt in range(3):
+        cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), *flags,
+               "--dist-url", f"tcp://127.0.0.1:{_free_port()}",
+               "--config-file", os.path.join(ROOT, "configs/sed/tiny.yaml"),
+               "--num-gpus", str(num_procs), *tiny_opts_for("configs/sed/tiny.yaml"),
+               "OUTPUT_DIR", str(output_dir), *extra]
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        # A free port can still be taken between our probe and the rendezvous: try another.
+        if proc.returncode == 0 or "EADDRINUSE" not in proc.stderr:
+            break
+    # The head of stderr too: the first traceback of a worker is what explains a failure.
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[:3000] + "\n...\n" + proc.stderr[-3000:]
     return proc
 
 
