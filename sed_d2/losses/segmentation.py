@@ -1,9 +1,7 @@
-"""Losses shared by the methods (pure PyTorch).
-
-Which method uses what:
+"""Per-pixel losses on class logits against a label map (pure PyTorch).
 
 * :func:`one_hot_bce_loss`: SED (main + 3 auxiliary heads, ``loss_sem_seg_{0..3}``),
-  FGAseg / CAT-Seg style methods (main and auxiliary BCE terms).
+  CAT-Seg and the methods built on it (main and auxiliary BCE terms).
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import bilinear_resize
+from ..ops import bilinear_resize
 
 __all__ = ["TRAINING_CHUNK_CLASSES", "UpsampledOneHotBCE", "one_hot_bce_loss"]
 
