@@ -26,6 +26,7 @@ from .class_maps import (
 from .class_transformer import ClassTransformerLayer, Mlp
 from .convnext_block import ConvNeXtBlock, convnext_block_forward
 from .cost_volume import CostEmbedding, CostVolume, cosine_cost_volume
+from .film import FiLM
 from .linear_attention import LinearAttention, MultiHeadLinearAttention
 from .norms import group_norm, layer_norm, layer_norm_linear
 from .upsampling import Conv2dReLU, ConvTranspose2dReLU, DoubleConv, SkipFusion
@@ -39,6 +40,7 @@ __all__ = [
     "CostEmbedding",
     "CostVolume",
     "DoubleConv",
+    "FiLM",
     "LinearAttention",
     "Mlp",
     "MultiHeadLinearAttention",

@@ -2,9 +2,20 @@
 
 * :mod:`.segmentation`: per-pixel losses on class logits against a label map
   (:func:`one_hot_bce_loss`: SED's main and auxiliary heads, CAT-Seg and the methods on it).
+* :mod:`.contrastive`: SynSeg's Multi-Category Contrastive Learning on per-category
+  foreground / background vectors (:func:`mccl_losses`).
 
 A loss that a second method needs lives here, not in the method's model file.
 """
+from .contrastive import MCCL_LOSS_NAMES, bounded_similarity, cosine_similarity, mccl_losses
 from .segmentation import TRAINING_CHUNK_CLASSES, UpsampledOneHotBCE, one_hot_bce_loss
 
-__all__ = ["TRAINING_CHUNK_CLASSES", "UpsampledOneHotBCE", "one_hot_bce_loss"]
+__all__ = [
+    "MCCL_LOSS_NAMES",
+    "bounded_similarity",
+    "cosine_similarity",
+    "mccl_losses",
+    "TRAINING_CHUNK_CLASSES",
+    "UpsampledOneHotBCE",
+    "one_hot_bce_loss",
+]
