@@ -65,6 +65,7 @@ def vit_dense_features(
     guidance_layers: Sequence[int] = (3, 7),
     *,
     cls: str = "dense",
+    attention: bool = False,
 ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
     """CAT-Seg's dense CLIP features of a batch of images (see the module docstring).
 
@@ -80,6 +81,10 @@ def vit_dense_features(
             free). ``"attention"``: CLIP's image embedding, the last block run normally
             for the class token only (equals ``visual(images)`` at the model's own size;
             costs the last block's keys and one query).
+        attention: also return ``"attention"`` ``(B, h*w, h, w)``: the last block's
+            attention probabilities ``softmax(q k^T / sqrt(d))`` of the standard path,
+            averaged over heads, class token row and column dropped; channel = key patch,
+            location = query patch (DCP-CLIP's ``A_CLIP``). Costs the last block's q and k.
 
     Returns:
         ``{"clip_vis_dense": (B, C, h, w), "cls": (B, C), "guidance": [(B, W, h, w)]}``,
@@ -117,11 +122,14 @@ def vit_dense_features(
         class_embedding = dense[:, 0]
     else:
         class_embedding = _attention_class_token(visual, last, x, normed, values)
-    return {
+    features = {
         "clip_vis_dense": _tokens_to_map(dense[:, 1:], grid_h, grid_w),
         "cls": class_embedding.contiguous(),
         "guidance": [tapped[index] for index in taps],
     }
+    if attention:
+        features["attention"] = _patch_attention(last, normed, grid_h, grid_w)
+    return features
 
 
 def resized_positional_embedding(visual: nn.Module, grid_size: tuple[int, int]) -> torch.Tensor:
@@ -242,6 +250,23 @@ def _attention_class_token(
     token = x[:, :1] + block.ls_1(mixed)
     token = token + block.ls_2(block.mlp(block.ln_2(token)))
     return visual.ln_post(token[:, 0]) @ visual.proj
+
+
+def _patch_attention(block: ResidualAttentionBlock, normed: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    """Head-averaged attention probabilities among the patch tokens of ``block``'s
+    standard path: ``(B, h*w keys, h, w queries)``."""
+    attention = block.attn
+    batch, tokens, width = normed.shape
+    heads = attention.num_heads
+
+    def split_heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, tokens, heads, width // heads).transpose(1, 2)
+
+    query = split_heads(_in_projection(block, normed, 0))
+    keys = split_heads(_in_projection(block, normed, 1))
+    scores = (query * (width // heads) ** -0.5) @ keys.transpose(-2, -1)  # (B, heads, 1+N, 1+N)
+    probabilities = scores.softmax(dim=-1).mean(dim=1)[:, 1:, 1:]  # (B, N queries, N keys)
+    return probabilities.transpose(1, 2).reshape(batch, tokens - 1, grid_h, grid_w).contiguous()
 
 
 def _resize_positional_embedding(
