@@ -49,6 +49,9 @@ def add_ovseg_config(cfg: CN) -> None:
 
     # Learning-rate multiplier of the fine-tuned CLIP parameters.
     cfg.SOLVER.CLIP_MULTIPLIER = 0.01
+    # Learning-rate multiplier of a pretrained image backbone beside CLIP (CLIP-HBD's ConvNeXt;
+    # group "backbone"); 0.1 is Mask2Former's backbone multiplier.
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     # "ADAMW" or "SGD".
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     # SOLVER.CLIP_GRADIENTS.CLIP_TYPE additionally accepts "full_model": one L2 norm over all
@@ -73,3 +76,6 @@ def add_ovseg_config(cfg: CN) -> None:
     cfg.TEST.SLIDING_WINDOW.GLOBAL_SIZE = []
     # "mean": (windows + global) / 2 (CAT-Seg); "max": element-wise maximum.
     cfg.TEST.SLIDING_WINDOW.MERGE = "mean"
+    # Also report boundary IoU per class and its mean (mBoundaryIoU, sed_d2/engine/metrics.py)
+    # next to mIoU; off by default: it costs a CPU pass per image (CLIP-HBD's configs ask for it).
+    cfg.TEST.BOUNDARY_IOU = False

@@ -145,22 +145,33 @@ class OpenVocabSemSegEvaluator(DatasetEvaluator):
         metrics = segmentation_metrics(
             confusion, self._class_names, boundary_confusion if self._boundary_iou else None
         )
-        logger.info("%s: %s", self._dataset_name, {k: metrics[k] for k in _SUMMARY_METRICS})
+        logged = _SUMMARY_METRICS + ((_BOUNDARY_METRIC,) if self._boundary_iou else ())
+        logger.info("%s: %s", self._dataset_name, {k: metrics[k] for k in logged})
         return OrderedDict({"sem_seg": metrics})
 
 
-def build_sem_seg_evaluator(dataset_name: str, output_dir: Optional[str] = None, *, distributed: bool = True):
-    """The evaluator of a registered dataset, chosen by its metadata ``evaluator_type``."""
+def build_sem_seg_evaluator(
+    dataset_name: str, output_dir: Optional[str] = None, *, distributed: bool = True, boundary_iou: bool = False
+):
+    """The evaluator of a registered dataset, chosen by its metadata ``evaluator_type``.
+    ``boundary_iou`` (``TEST.BOUNDARY_IOU``): also report ``mBoundaryIoU`` and
+    ``BoundaryIoU-<class>`` (:mod:`sed_d2.engine.metrics`)."""
     meta = MetadataCatalog.get(dataset_name)
     kind = getattr(meta, "evaluator_type", None)
     if kind == "sem_seg":
-        return OpenVocabSemSegEvaluator(dataset_name, output_dir=output_dir, distributed=distributed)
+        return OpenVocabSemSegEvaluator(
+            dataset_name, output_dir=output_dir, distributed=distributed, boundary_iou=boundary_iou
+        )
     if kind == "sem_seg_background":
         background_index = getattr(meta, "background_index", None)
         if background_index is None:
             raise KeyError(f"dataset '{dataset_name}' is 'sem_seg_background' without 'background_index'")
         return OpenVocabSemSegEvaluator(
-            dataset_name, output_dir=output_dir, background_index=background_index, distributed=distributed
+            dataset_name,
+            output_dir=output_dir,
+            background_index=background_index,
+            distributed=distributed,
+            boundary_iou=boundary_iou,
         )
     raise NotImplementedError(
         f"dataset '{dataset_name}' has evaluator_type {kind!r}; sed_d2 evaluates 'sem_seg' and "
@@ -169,15 +180,19 @@ def build_sem_seg_evaluator(dataset_name: str, output_dir: Optional[str] = None,
 
 
 _SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC", "mIoU_d2v06")
+# Reported beside the summary metrics when some dataset's results have it (TEST.BOUNDARY_IOU).
+_BOUNDARY_METRIC = "mBoundaryIoU"
 
 
 def format_summary_table(results: Dict[str, Dict[str, Dict[str, float]]]) -> str:
     """One row per dataset with mIoU / fwIoU / mACC / pACC, and mIoU under detectron2 v0.6's
-    rule (see :mod:`sed_d2.engine.metrics`; papers of 2023-2024 report that one)."""
+    rule (see :mod:`sed_d2.engine.metrics`; papers of 2023-2024 report that one); plus
+    ``mBoundaryIoU`` when it was computed for any dataset (NaN for the others)."""
+    columns = _SUMMARY_METRICS
+    if any(_BOUNDARY_METRIC in result.get("sem_seg", {}) for result in results.values()):
+        columns = (*columns, _BOUNDARY_METRIC)
     rows = []
     for dataset_name, result in results.items():
         metrics = result.get("sem_seg", {})
-        rows.append([dataset_name] + [metrics.get(m, float("nan")) for m in _SUMMARY_METRICS])
-    return tabulate(
-        rows, headers=["dataset", *_SUMMARY_METRICS], tablefmt="pipe", floatfmt=".2f"
-    )
+        rows.append([dataset_name] + [metrics.get(m, float("nan")) for m in columns])
+    return tabulate(rows, headers=["dataset", *columns], tablefmt="pipe", floatfmt=".2f")

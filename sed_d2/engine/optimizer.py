@@ -46,6 +46,12 @@ def build_param_groups(cfg, model: nn.Module) -> List[Dict[str, Any]]:
     Frozen parameters (requires_grad False) are left out.
     """
     groups_by_name = _parameter_groups_of(model)
+    # every group's multiplier is read, used or not: a config key is validated the same for
+    # every method (and the recording dead-key test sees them read)
+    multipliers = {
+        group: 1.0 if key is None else functools.reduce(getattr, key.split("."), cfg)
+        for group, key in LR_MULTIPLIER_KEYS.items()
+    }
     buckets: Dict[tuple, List[nn.Parameter]] = {}
     seen = set()
     for module_name, module in model.named_modules():
@@ -57,13 +63,12 @@ def build_param_groups(cfg, model: nn.Module) -> List[Dict[str, Any]]:
             group = groups_by_name.get(full_name)
             if group is None:
                 raise KeyError(f"parameter '{full_name}' is in no parameter group of the model")
-            lr = cfg.SOLVER.BASE_LR
             if group not in LR_MULTIPLIER_KEYS:
                 raise KeyError(f"trainable parameter '{full_name}' is in group {group!r}, which has no "
                                "learning rate (sed_d2.models.parameter_groups.LR_MULTIPLIER_KEYS)")
-            multiplier_key = LR_MULTIPLIER_KEYS[group]
-            if multiplier_key is not None:
-                lr *= functools.reduce(getattr, multiplier_key.split("."), cfg)
+            lr = cfg.SOLVER.BASE_LR
+            if LR_MULTIPLIER_KEYS[group] is not None:
+                lr *= multipliers[group]
             weight_decay = cfg.SOLVER.WEIGHT_DECAY
             if isinstance(module, _NORM_TYPES):
                 weight_decay = cfg.SOLVER.WEIGHT_DECAY_NORM

@@ -102,7 +102,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return build_sem_seg_evaluator(dataset_name, output_dir=output_folder)
+        return build_sem_seg_evaluator(dataset_name, output_dir=output_folder, boundary_iou=cfg.TEST.BOUNDARY_IOU)
 
     def build_writers(self):
         # detectron2's default writers include TensorBoard, which is optional here.

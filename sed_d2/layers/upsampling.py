@@ -10,7 +10,7 @@ from .. import ops
 from ..ops.runtime import operand_dtype
 from .norms import group_norm
 
-__all__ = ["Conv2dReLU", "ConvTranspose2dReLU", "DoubleConv", "SkipFusion"]
+__all__ = ["Conv2dReLU", "ConvTranspose2dReLU", "DoubleConv", "SkipFusion", "shared_input_conv3x3"]
 
 
 class Conv2dReLU(nn.Conv2d):
@@ -82,31 +82,44 @@ class DoubleConv(nn.Module):
 
         Any memory layout; channels-last in, channels-last out.
         """
-        # conv3x3_no_bias: the Triton kernel where it beats cuDNN (16 output channels, at
-        # inference), else F.conv2d -- the same function as the modules' own calls
-        addend = None
-        if shared is None:
-            y = ops.conv3x3_no_bias(x, self.conv1.weight)
-        else:
-            conv, width = self.conv1, shared.shape[1]
-            if x.shape[1] + width != conv.in_channels or not 0 <= shared_at <= x.shape[1]:
-                raise ValueError(
-                    f"{x.shape[1]} + {width} shared channels at {shared_at} do not make the "
-                    f"{conv.in_channels} input channels"
-                )
-            weight = conv.weight
-            own = torch.cat([weight[:, :shared_at], weight[:, shared_at + width :]], dim=1)
-            y = ops.conv3x3_no_bias(x, own)
-            common = F.conv2d(shared, weight[:, shared_at : shared_at + width], None, conv.stride, conv.padding, conv.dilation)
-            common = common.to(y.dtype)
-            if torch.is_grad_enabled():
-                y = (y.unflatten(0, (shared.shape[0], -1)) + common.unsqueeze(1)).flatten(0, 1)
-            else:
-                # inference: the norm adds the shared term while it reads y (no separate
-                # pass over y; on CUDA both GroupNorm kernels read y + common)
-                addend = common
+        y, addend = shared_input_conv3x3(self.conv1, x, shared, shared_at)
         y = group_norm(y, self.norm1, relu=True, addend=addend)
         return group_norm(ops.conv3x3_no_bias(y, self.conv2.weight), self.norm2, relu=True)
+
+
+def shared_input_conv3x3(
+    conv: nn.Conv2d, x: Tensor, shared: Tensor | None = None, shared_at: int = 0
+) -> tuple[Tensor, Tensor | None]:
+    """The bias-free 3x3 ``conv`` of ``(N, C, H, W)`` maps, some of whose input channels are
+    common to groups of samples: returns ``(y, addend)`` with ``y + addend`` (``addend``
+    broadcast over each group, see :func:`~sed_d2.layers.group_norm`) equal to
+    ``conv(cat([x[:, :shared_at], shared.repeat_interleave(N // B, 0), x[:, shared_at:]], 1))``.
+
+    ``shared``: optional ``(B, S, H, W)``; sample ``n`` uses ``shared[n // (N / B)]``. Its share
+    of the convolution runs once per ``B`` and the repeated tensor is never built. With
+    autograd the shared term is already added (``addend`` None); at inference it is returned
+    as ``addend`` so that the GroupNorm that follows adds it while it reads ``y``.
+    """
+    # conv3x3_no_bias: the Triton kernel where it beats cuDNN (16 output channels, at
+    # inference), else F.conv2d -- the same function as the modules' own calls
+    if shared is None:
+        return ops.conv3x3_no_bias(x, conv.weight), None
+    width = shared.shape[1]
+    if x.shape[1] + width != conv.in_channels or not 0 <= shared_at <= x.shape[1]:
+        raise ValueError(
+            f"{x.shape[1]} + {width} shared channels at {shared_at} do not make the "
+            f"{conv.in_channels} input channels"
+        )
+    weight = conv.weight
+    own = torch.cat([weight[:, :shared_at], weight[:, shared_at + width :]], dim=1)
+    y = ops.conv3x3_no_bias(x, own)
+    common = F.conv2d(shared, weight[:, shared_at : shared_at + width], None, conv.stride, conv.padding, conv.dilation)
+    common = common.to(y.dtype)
+    if torch.is_grad_enabled():
+        return (y.unflatten(0, (shared.shape[0], -1)) + common.unsqueeze(1)).flatten(0, 1), None
+    # inference: the norm adds the shared term while it reads y (no separate pass over y;
+    # on CUDA both GroupNorm kernels read y + common)
+    return y, common
 
 
 class SkipFusion(nn.Module):

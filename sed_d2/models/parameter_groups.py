@@ -37,6 +37,7 @@ FROZEN_GROUP = "frozen"
 LR_MULTIPLIER_KEYS: dict[str, str | None] = {
     "clip": "SOLVER.CLIP_MULTIPLIER",
     "decoder": None,
+    "backbone": "SOLVER.BACKBONE_MULTIPLIER",
 }
 
 ParameterGroupTable = Sequence[tuple[str, str]]

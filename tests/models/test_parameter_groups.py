@@ -51,7 +51,7 @@ def test_unmatched_parameter_is_an_error_naming_it():
 
 
 def test_unknown_group_is_an_error():
-    with pytest.raises(ValueError, match=r"unknown parameter group 'encoder'.*\('frozen', 'clip', 'decoder'\)"):
+    with pytest.raises(ValueError, match=r"unknown parameter group 'encoder'.*\('frozen', 'clip', 'decoder', 'backbone'\)"):
         assign_parameter_groups(_toy(), ((r"", "encoder"),))
 
 

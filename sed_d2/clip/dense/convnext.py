@@ -34,6 +34,8 @@ __all__ = [
     "convnext_dense_feature_strides",
     "convnext_dense_features",
     "convnext_fast_path_applies",
+    "convnext_stage",
+    "convnext_stem",
 ]
 
 # Keys of the dicts returned below, in increasing stride order.
@@ -112,6 +114,25 @@ def convnext_dense_feature_strides(visual: nn.Module) -> dict[str, int]:
     return strides
 
 
+def convnext_stem(trunk: ConvNeXt, images: torch.Tensor, *, fast: bool = True) -> torch.Tensor:
+    """``trunk.stem(images)`` of a timm ``ConvNeXt`` (standalone or an open_clip tower's
+    ``trunk``), on the fast path of :func:`convnext_dense_features` when ``fast`` and it
+    applies (then channels-last). With :func:`convnext_stage`, for callers that change the
+    features between stages (CLIP-HBD's fusion of CLIP layers)."""
+    if fast and _fast_path_applies(trunk):
+        return _fast_stem(trunk, images)
+    return trunk.stem(images)
+
+
+def convnext_stage(trunk: ConvNeXt, index: int, x: torch.Tensor, *, fast: bool = True) -> torch.Tensor:
+    """``trunk.stages[index](x)`` (its downsampling included), on the fast path when ``fast``
+    and it applies (see :func:`convnext_stem`)."""
+    stage = trunk.stages[index]
+    if fast and _fast_path_applies(trunk):
+        return _fast_stage(stage, x)
+    return stage(x)
+
+
 # ---------------------------------------------------------------------------------------
 
 
@@ -147,19 +168,28 @@ def _stock_stage_outputs(trunk: ConvNeXt, images: torch.Tensor) -> list[torch.Te
 def _fast_stage_outputs(trunk: ConvNeXt, images: torch.Tensor) -> list[torch.Tensor]:
     """timm's stem and stages on channels-last maps, every block through
     :func:`convnext_block_forward`. Requires :func:`_fast_path_applies`."""
-    stem_conv, stem_norm = trunk.stem
-    x = _layer_norm_2d(_channels_last(stem_conv(_channels_last(images))), stem_norm)
+    x = _fast_stem(trunk, images)
     outputs = []
     for stage in trunk.stages:
-        if not isinstance(stage.downsample, nn.Identity):
-            norm, conv = stage.downsample
-            x = _channels_last(conv(_layer_norm_2d(x, norm)))
-        for block in stage.blocks:
-            mlp = block.mlp
-            approximate = _gelu_approximate(mlp.act)
-            x = convnext_block_forward(x, block.conv_dw, block.norm, mlp.fc1, mlp.fc2, block.gamma, approximate)
+        x = _fast_stage(stage, x)
         outputs.append(x)
     return outputs
+
+
+def _fast_stem(trunk: ConvNeXt, images: torch.Tensor) -> torch.Tensor:
+    stem_conv, stem_norm = trunk.stem
+    return _layer_norm_2d(_channels_last(stem_conv(_channels_last(images))), stem_norm)
+
+
+def _fast_stage(stage: ConvNeXtStage, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(stage.downsample, nn.Identity):
+        norm, conv = stage.downsample
+        x = _channels_last(conv(_layer_norm_2d(x, norm)))
+    for block in stage.blocks:
+        mlp = block.mlp
+        approximate = _gelu_approximate(mlp.act)
+        x = convnext_block_forward(x, block.conv_dw, block.norm, mlp.fc1, mlp.fc2, block.gamma, approximate)
+    return x
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
