@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable, Mapping, NamedTuple, TypeVar
 
 from .catseg import convert_official_catseg_state_dict, is_official_catseg_state_dict
+from .fgaseg import convert_official_fgaseg_state_dict, is_official_fgaseg_state_dict
 from .sed import convert_official_sed_state_dict, is_official_sed_state_dict
 
 __all__ = ["OFFICIAL_CONVERTERS", "OfficialConverter", "convert_official", "official_layout"]
@@ -28,6 +29,7 @@ class OfficialConverter(NamedTuple):
 OFFICIAL_CONVERTERS: dict[str, OfficialConverter] = {
     "SED": OfficialConverter(is_official_sed_state_dict, convert_official_sed_state_dict),
     "CAT-Seg": OfficialConverter(is_official_catseg_state_dict, convert_official_catseg_state_dict),
+    "FGAseg": OfficialConverter(is_official_fgaseg_state_dict, convert_official_fgaseg_state_dict),
 }
 
 

@@ -22,7 +22,8 @@ def cosine_cost_volume(image_features: Tensor, text_embeddings: Tensor) -> Tenso
 
     Args:
         image_features: ``(B, C, h, w)`` dense image embeddings.
-        text_embeddings: ``(T, P, C)`` text embeddings shared by the whole batch.
+        text_embeddings: ``(T, P, C)`` text embeddings shared by the whole batch, or
+            ``(B, T, P, C)``, each image's own (FGAseg's per-image refined text).
 
     Returns:
         ``(B, P, T, h, w)`` raw cosine similarities in ``[-1, 1]``. Both sides are
@@ -31,17 +32,24 @@ def cosine_cost_volume(image_features: Tensor, text_embeddings: Tensor) -> Tenso
         ``(B, T, P, h, w)`` buffer, so ``x.transpose(1, 2).flatten(0, 1)`` (the
         ``(B*T, P, h, w)`` layout the per-class convolutions need) costs no copy.
     """
-    if image_features.dim() != 4 or text_embeddings.dim() != 3:
+    per_image = text_embeddings.dim() == 4
+    if (
+        image_features.dim() != 4
+        or text_embeddings.dim() not in (3, 4)
+        or (per_image and text_embeddings.shape[0] != image_features.shape[0])
+    ):
         raise ValueError(
-            "expected image features (B, C, h, w) and text embeddings (T, P, C), got "
+            "expected image features (B, C, h, w) and text embeddings (T, P, C) or (B, T, P, C), got "
             f"{tuple(image_features.shape)} and {tuple(text_embeddings.shape)}"
         )
     batch, channels, height, width = image_features.shape
-    num_classes, num_templates, text_channels = text_embeddings.shape
+    num_classes, num_templates, text_channels = text_embeddings.shape[-3:]
     if channels != text_channels:
         raise ValueError(f"image channels {channels} != text channels {text_channels}")
     image = F.normalize(image_features, dim=1).flatten(2)  # (B, C, hw)
-    text = F.normalize(text_embeddings, dim=-1).reshape(num_classes * num_templates, channels)
+    text = F.normalize(text_embeddings, dim=-1).reshape(
+        *text_embeddings.shape[:-3], num_classes * num_templates, channels
+    )  # (T*P, C) or (B, T*P, C)
     cost = torch.matmul(text, image)  # (B, T*P, hw)
     cost = cost.view(batch, num_classes, num_templates, height, width)
     return cost.transpose(1, 2)

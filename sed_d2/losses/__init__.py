@@ -2,12 +2,15 @@
 
 * :mod:`.segmentation`: per-pixel losses on class logits against a label map
   (:func:`one_hot_bce_loss`: SED's main and auxiliary heads, CAT-Seg and the methods on it).
+* :mod:`.alignment`: alignment maps against downsampled labels (:func:`alignment_loss`:
+  FGAseg's T2P loss).
 * :mod:`.contrastive`: SynSeg's Multi-Category Contrastive Learning on per-category
   foreground / background vectors (:func:`mccl_losses`).
 
 A loss that a second method needs lives here, not in the method's model file.
 """
 from .contrastive import MCCL_LOSS_NAMES, bounded_similarity, cosine_similarity, mccl_losses
+from .alignment import ALIGNMENT_LOSSES, alignment_loss, downsampled_one_hot
 from .segmentation import TRAINING_CHUNK_CLASSES, UpsampledOneHotBCE, one_hot_bce_loss
 
 __all__ = [
@@ -18,4 +21,7 @@ __all__ = [
     "TRAINING_CHUNK_CLASSES",
     "UpsampledOneHotBCE",
     "one_hot_bce_loss",
+    "ALIGNMENT_LOSSES",
+    "alignment_loss",
+    "downsampled_one_hot",
 ]

@@ -2,10 +2,12 @@
 from .base import OpenVocabSegmentor
 from .inference import InferenceProtocol, SlidingWindow, WholeImage, build_inference_protocol
 from .catseg import CATSeg
+from .fgaseg import FGASeg
 from .sed import SED
 
 __all__ = [
     "CATSeg",
+    "FGASeg",
     "InferenceProtocol",
     "OpenVocabSegmentor",
     "SED",

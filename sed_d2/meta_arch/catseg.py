@@ -8,7 +8,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..clip import build_clip_model, get_templates
-from ..models.catseg import CATSegModel, build_catseg_decoder_for
+from ..models.catseg import CATSegDecoder, CATSegModel, build_catseg_decoder_for
 from .base import OpenVocabSegmentor
 
 __all__ = ["CATSeg", "default_guidance_layers"]
@@ -65,7 +65,8 @@ class CATSeg(OpenVocabSegmentor):
         clip_model = build_clip_model(
             ovseg.CLIP_MODEL, ovseg.CLIP_PRETRAINED, pretrained_key="MODEL.OVSEG.CLIP_PRETRAINED"
         )
-        decoder = build_catseg_decoder_for(
+        decoder = cls.build_decoder(
+            cfg,
             clip_model,
             num_templates=len(get_templates(ovseg.PROMPT_TEMPLATES)),
             skip_channels=tuple(catseg.SKIP_CHANNELS),
@@ -85,11 +86,23 @@ class CATSeg(OpenVocabSegmentor):
         guidance_layers: Sequence[int] = tuple(catseg.GUIDANCE_LAYERS) or default_guidance_layers(
             len(clip_model.visual.transformer.resblocks), len(catseg.SKIP_CHANNELS)
         )
-        model = CATSegModel(
-            clip_model, decoder, guidance_layers=guidance_layers, clip_finetune=ovseg.CLIP_FINETUNE
+        model = cls.build_network(
+            cfg, clip_model, decoder, guidance_layers=guidance_layers, clip_finetune=ovseg.CLIP_FINETUNE
         )
         ret.update(model=model, ignore_as_negative=catseg.IGNORE_AS_NEGATIVE)
         return ret
+
+    @classmethod
+    def build_decoder(cls, cfg, clip_model, **kwargs) -> CATSegDecoder:
+        """The decoder from the ``MODEL.CATSEG`` arguments ``kwargs`` (those of
+        :class:`CATSegDecoder`); a CAT-Seg-family method builds its own subclass here."""
+        return build_catseg_decoder_for(clip_model, **kwargs)
+
+    @classmethod
+    def build_network(cls, cfg, clip_model, decoder, **kwargs) -> CATSegModel:
+        """The network held as ``self.model`` (``kwargs``: ``guidance_layers`` and
+        ``clip_finetune`` of :class:`CATSegModel`); a CAT-Seg-family method builds its own."""
+        return CATSegModel(clip_model, decoder, **kwargs)
 
     def forward_train(self, images, text_embeddings, targets):
         output = self.model(images, text_embeddings)
