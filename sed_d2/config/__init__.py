@@ -16,6 +16,7 @@ from detectron2.config import get_cfg as detectron2_get_cfg
 from .catseg import add_catseg_config
 from .fgaseg import add_fgaseg_config
 from .common import add_ovseg_config
+from .dcp_clip import add_dcp_clip_config
 from .sed import add_sed_config
 
 __all__ = ["add_sed_d2_config", "get_cfg", "apply_runtime_flags"]
@@ -26,6 +27,7 @@ def add_sed_d2_config(cfg: CfgNode) -> None:
     add_ovseg_config(cfg)
     add_sed_config(cfg)
     add_catseg_config(cfg)
+    add_dcp_clip_config(cfg)
     add_fgaseg_config(cfg)
 
 

@@ -2,11 +2,13 @@
 from .base import OpenVocabSegmentor
 from .inference import InferenceProtocol, SlidingWindow, WholeImage, build_inference_protocol
 from .catseg import CATSeg
+from .dcp_clip import DCPCLIP
 from .fgaseg import FGASeg
 from .sed import SED
 
 __all__ = [
     "CATSeg",
+    "DCPCLIP",
     "FGASeg",
     "InferenceProtocol",
     "OpenVocabSegmentor",

@@ -24,6 +24,7 @@ TINY_CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(R
 # Training losses of one batch of two 64x64 images at the fixed seed (float32, CPU, one thread).
 GOLDEN_LOSSES = {
     "configs/catseg/tiny.yaml": {"loss_sem_seg": 0.81673663854599},
+    "configs/dcp_clip/tiny.yaml": {"loss_sem_seg": 0.6630818843841553},
     "configs/fgaseg/tiny.yaml": {"loss_align": 0.018302898854017258, "loss_sem_seg": 0.8347907066345215},
     "configs/sed/tiny.yaml": {
         "loss_sem_seg_0": 0.632476270198822,

@@ -1,0 +1,216 @@
+"""DCP-CLIP as a detectron2 meta-architecture (registered name ``DCPCLIP``)."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+
+from ..clip import TextEncoder, build_clip_model, get_templates
+from ..clip.prompt_context import ContextTextModel, PromptContext
+from ..layers.category_selection import present_classes
+from ..layers.tag_validation import seen_class_mask, tag_validation
+from ..models.dcp_clip import DCPCLIPDecoder, DCPCLIPModel, SpatialEnhancedDecoder, TextGuidedAlignment
+from .base import OpenVocabSegmentor
+from .catseg import default_guidance_layers
+
+__all__ = ["DCPCLIP"]
+
+
+@META_ARCH_REGISTRY.register()
+class DCPCLIP(OpenVocabSegmentor):
+    """DCP-CLIP: CAT-Seg's cost volume on a fine-tuned CLIP ViT, dynamic category selection,
+    text-guided alignment, a spatial enhanced decoder and tag validation.
+
+    :paper: https://arxiv.org/abs/2603.13951 (no official code). The network (tensors in,
+    logits and losses out) is ``sed_d2.models.dcp_clip.DCPCLIPModel``, held as
+    ``self.model``. Tag validation runs on each image's fused scores after the test protocol
+    (:meth:`inference_scores`), with the dense CLIP features of the whole image.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        model: DCPCLIPModel,
+        ignore_as_negative: bool = True,
+        train_add_gt: bool = True,
+        tag_validation_k: int = 0,
+        prompt_template: Optional[str] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            model: the DCP-CLIP network.
+            ignore_as_negative: ignored pixels count as all-negative BCE targets.
+            train_add_gt: in training, each image's labelled classes join its selection.
+            tag_validation_k: k of tag validation at inference (0 = off).
+            prompt_template: the CoOp prompt with its ``{}`` (e.g. "a photo of a {}."),
+                whose leading words the model's learnable context replaces; None = no
+                prompted text (the textual guidance uses none).
+            kwargs: arguments of :class:`OpenVocabSegmentor`.
+        """
+        super().__init__(**kwargs)
+        self.model = model
+        self.ignore_as_negative = ignore_as_negative
+        self.train_add_gt = train_add_gt
+        self.tag_validation_k = int(tag_validation_k)
+        self.prompt_template = prompt_template
+        self._prompt_encoder: Optional[TextEncoder] = None
+        self._seen_cache: Dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        ovseg, dcp = cfg.MODEL.OVSEG, cfg.MODEL.DCP_CLIP
+        clip_model = build_clip_model(ovseg.CLIP_MODEL, ovseg.CLIP_PRETRAINED, pretrained_key="MODEL.OVSEG.CLIP_PRETRAINED")
+        visual = clip_model.visual
+        stages = len(dcp.DECODER_DIMS)
+        guidance_layers: Sequence[int] = tuple(dcp.GUIDANCE_LAYERS) or default_guidance_layers(
+            len(visual.transformer.resblocks), len(dcp.SKIP_CHANNELS)
+        )
+        grid = [size // patch for size, patch in zip(ovseg.CLIP_RESOLUTION, visual.patch_size)]
+        num_templates = len(get_templates(ovseg.PROMPT_TEMPLATES))
+        embed_dim = visual.output_dim
+        alignment = TextGuidedAlignment(
+            embed_dim,
+            dcp.HIDDEN_DIM,
+            cross_attention=dcp.TGA_CROSS_ATTENTION,
+            self_attention=dcp.TGA_SELF_ATTENTION,
+            cross_layers=dcp.TGA_CA_LAYERS,
+            cross_heads=dcp.TGA_CA_HEADS,
+            self_layers=dcp.TGA_SA_LAYERS,
+            self_heads=dcp.TGA_SA_HEADS,
+            mlp_ratio=dcp.TGA_MLP_RATIO,
+            cls_term=dcp.TGA_CLS_TERM,
+            prompt=dcp.TGA_PROMPT,
+        )
+        spatial = SpatialEnhancedDecoder(
+            hidden_dim=dcp.HIDDEN_DIM,
+            decoder_dims=tuple(dcp.DECODER_DIMS),
+            embed_dim=embed_dim,
+            num_patches=grid[0] * grid[1],
+            skip_channels=tuple(dcp.SKIP_CHANNELS)[:stages],
+            skip_proj_dims=tuple(dcp.SKIP_PROJ_DIMS)[:stages],
+            cost_guidance_dims=tuple(dcp.COST_GUIDANCE_DIMS)[:stages],
+            num_templates=num_templates,
+            spatial_enhance=dcp.SPATIAL_ENHANCE,
+            fuse_patch=dcp.FUSE_PATCH,
+            fuse_sim=dcp.FUSE_SIM,
+            fuse_attn=dcp.FUSE_ATTN,
+            window_size=dcp.SWIN_WINDOW,
+            num_heads=dcp.SWIN_HEADS,
+            guidance_kernel=dcp.GUIDANCE_KERNEL,
+        )
+        decoder = DCPCLIPDecoder(
+            num_templates=num_templates,
+            hidden_dim=dcp.HIDDEN_DIM,
+            cost_embed_kernel=dcp.COST_EMBED_KERNEL,
+            skip_channels=tuple(dcp.SKIP_CHANNELS)[:stages],
+            alignment=alignment,
+            spatial=spatial,
+        )
+        uses_prompts = alignment.uses_prompts
+        if uses_prompts:
+            decoder.prompt = PromptContext(clip_model, dcp.TGA_PROMPT_INIT, ovseg.CLIP_MODEL)
+        model = DCPCLIPModel(
+            clip_model,
+            decoder,
+            guidance_layers=tuple(guidance_layers)[:stages],
+            clip_finetune=ovseg.CLIP_FINETUNE,
+            selection=dcp.DCS_ENABLED,
+            threshold=dcp.DCS_THRESHOLD,
+            temperature=dcp.DCS_TAU,
+            max_classes=dcp.DCS_MAX_CLASSES,
+            cls_source=dcp.CLS_SOURCE,
+        )
+        ret.update(
+            model=model,
+            ignore_as_negative=dcp.IGNORE_AS_NEGATIVE,
+            train_add_gt=dcp.DCS_TRAIN_ADD_GT,
+            tag_validation_k=dcp.TV_TOPK if dcp.TV_ENABLED else 0,
+            prompt_template=f"{dcp.TGA_PROMPT_INIT} {{}}." if uses_prompts else None,
+        )
+        return ret
+
+    # ------------------------------------------------------------------ text
+    def prompt_embeddings(self) -> Optional[torch.Tensor]:
+        """``(T, D)`` CoOp-prompted embeddings of the current vocabulary (None without a
+        learnable context): cached like :meth:`text_embeddings`, with gradients while the
+        context or the text tower trains."""
+        if self.prompt_template is None:
+            return None
+        if self._prompt_encoder is None:
+            # not a submodule: it refers to the CLIP model and the context held by self.model
+            holder = ContextTextModel(self.clip_model, self.model.decoder.prompt)
+            self._prompt_encoder = TextEncoder(
+                holder, [self.prompt_template], model_name=self.clip_model_name, synonym_rule=self.synonym_rule
+            )
+        return self._prompt_encoder(self.vocabulary)[:, 0]
+
+    def _seen_classes(self) -> torch.Tensor:
+        """``(T,)`` bool: the current vocabulary's classes seen in training (exact names);
+        none without a training vocabulary."""
+        key = tuple(self.vocabulary)
+        if key not in self._seen_cache:
+            seen = seen_class_mask(key, self.train_vocabulary or ())
+            self._seen_cache = {key: torch.tensor(seen, dtype=torch.bool, device=self.device)}
+        return self._seen_cache[key]
+
+    # ------------------------------------------------------------------ the contract
+    def forward_train(self, images, text_embeddings, targets):
+        features = self.model.image_features(images)
+        present = (
+            present_classes(targets, text_embeddings.shape[0], self.ignore_value) if self.train_add_gt else None
+        )
+        output = self.model.decode(features, text_embeddings, self.prompt_embeddings(), present)
+        return self.model.losses(output, targets, self.ignore_value, ignore_as_negative=self.ignore_as_negative)
+
+    def decode(self, features: Mapping[str, torch.Tensor], text_embeddings: torch.Tensor) -> torch.Tensor:
+        prompts = self.prompt_embeddings()
+        if prompts is not None and prompts.shape[0] != text_embeddings.shape[0]:
+            raise ValueError(
+                f"text embeddings of {text_embeddings.shape[0]} classes do not belong to the current vocabulary "
+                f"({prompts.shape[0]} classes): decode the model's own text_embeddings()"
+            )
+        return self.model.decode(features, text_embeddings, prompts).logits
+
+    @property
+    def decode_capturable(self) -> bool:
+        """Category selection picks each image's classes on the host (value-dependent
+        shapes): then only the image tower is replayed from a CUDA graph."""
+        return not (self.model.selection or self.model.fixed_selection)
+
+    def benchmark_variants(self) -> Dict[str, Callable[[int], ContextManager]]:
+        """``dcs_keep``: selection keeps exactly ``min(n, T)`` classes per image (highest
+        damped patch score), so the subset decoder is timed for a known subset size (random
+        weights make DCS keep arbitrary numbers of classes)."""
+        return {"dcs_keep": self._keeping_classes}
+
+    @contextmanager
+    def _keeping_classes(self, n: int) -> Iterator[None]:
+        previous = self.model.fixed_selection
+        self.model.fixed_selection = int(n)
+        try:
+            yield
+        finally:
+            self.model.fixed_selection = previous
+
+    def inference_scores(self, images: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The test protocol's per-image scores, then tag validation on each (pooled dense
+        CLIP features of the whole image at the CLIP resolution)."""
+        scores = super().inference_scores(images)
+        if self.tag_validation_k <= 0:
+            return scores
+        text = self.text_embeddings()
+        text_mean = F.normalize(F.normalize(text, dim=-1).mean(dim=1), dim=-1)
+        seen = self._seen_classes()
+        with torch.no_grad(), self.autocast(self.test_dtype):
+            prepared = self.prepare_images([image.to(self.device).float() for image in images])
+            name = f"{type(self).__name__.lower()}_image_features"
+            dense = self.run_network(name, self.image_features, prepared)["clip_vis_dense"].float().clone()
+        return [tag_validation(s, d, text_mean, seen, self.tag_validation_k) for s, d in zip(scores, dense)]
+
