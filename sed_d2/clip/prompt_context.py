@@ -29,7 +29,8 @@ class PromptContext(nn.Module):
     def __init__(self, clip_model: nn.Module, init: str, model_name: str | None = None) -> None:
         super().__init__()
         tokenizer = open_clip.get_tokenizer(model_name) if model_name else open_clip.get_tokenizer()
-        ids = tokenizer([init])[0]
+        with torch.device("cpu"):  # token ids are read on the host, also inside a meta-device build
+            ids = tokenizer([init])[0]
         words = ids[1 : int(ids.argmax())]  # between start- and end-of-text
         if len(words) == 0:
             raise ValueError(f"the prompt init {init!r} has no tokens")
