@@ -2,12 +2,14 @@
 from .base import OpenVocabSegmentor
 from .inference import InferenceProtocol, SlidingWindow, WholeImage, build_inference_protocol
 from .catseg import CATSeg
+from .clip_hbd import CLIPHBD
 from .dcp_clip import DCPCLIP
 from .fgaseg import FGASeg
 from .sed import SED
 
 __all__ = [
     "CATSeg",
+    "CLIPHBD",
     "DCPCLIP",
     "FGASeg",
     "InferenceProtocol",

@@ -13,6 +13,7 @@ pytestmark = requires_detectron2
 SHIPPED = [
     "configs/sed/convnextB_768.yaml", "configs/sed/convnextL_768.yaml", "configs/sed/tiny.yaml",
     "configs/catseg/vitb_384.yaml", "configs/catseg/vitl_336.yaml", "configs/catseg/tiny.yaml",
+    "configs/clip_hbd/vitb_384.yaml", "configs/clip_hbd/tiny.yaml",
 ]
 
 
@@ -57,6 +58,15 @@ GOLDEN_METRICS = {
     },
     "configs/catseg/tiny.yaml": {
         "mIoU": 4.417298772642944, "fwIoU": 4.6225907420718535, "mACC": 11.65777864705232, "pACC": 11.375666944644607,
+    },
+    # CLIP-HBD's configs ask for boundary IoU (TEST.BOUNDARY_IOU): it is checked too.
+    "configs/clip_hbd/vitb_384.yaml": {
+        "mIoU": 7.393204283069307, "fwIoU": 8.638198190733066, "mACC": 13.65253703473645, "pACC": 14.74864586959866,
+        "mBoundaryIoU": 2.7577726899032715,
+    },
+    "configs/clip_hbd/tiny.yaml": {
+        "mIoU": 7.652034395152555, "fwIoU": 8.37375822485299, "mACC": 15.683218708207045, "pACC": 16.546542413226355,
+        "mBoundaryIoU": 2.7017751968817025,
     },
 }
 
