@@ -2,6 +2,7 @@
 from .base import OpenVocabSegmentor
 from .inference import InferenceProtocol, SlidingWindow, WholeImage, build_inference_protocol
 from .catseg import CATSeg
+from .fgaseg import FGASeg
 from .clip_hbd import CLIPHBD
 from .dcp_clip import DCPCLIP
 from .fgaseg import FGASeg
@@ -9,6 +10,7 @@ from .sed import SED
 
 __all__ = [
     "CATSeg",
+    "FGASeg",
     "CLIPHBD",
     "DCPCLIP",
     "FGASeg",

@@ -13,6 +13,8 @@ pytestmark = requires_detectron2
 SHIPPED = [
     "configs/sed/convnextB_768.yaml", "configs/sed/convnextL_768.yaml", "configs/sed/tiny.yaml",
     "configs/catseg/vitb_384.yaml", "configs/catseg/vitl_336.yaml", "configs/catseg/tiny.yaml",
+    "configs/fgaseg/vitb_384.yaml", "configs/fgaseg/vitb_384_fast.yaml", "configs/fgaseg/vitl_336.yaml",
+    "configs/fgaseg/tiny.yaml",
     "configs/clip_hbd/vitb_384.yaml", "configs/clip_hbd/tiny.yaml",
 ]
 
@@ -58,6 +60,19 @@ GOLDEN_METRICS = {
     },
     "configs/catseg/tiny.yaml": {
         "mIoU": 4.417298772642944, "fwIoU": 4.6225907420718535, "mACC": 11.65777864705232, "pACC": 11.375666944644607,
+    },
+    # FGAseg B and L (no_fast) differ only in MODEL.OVSEG, replaced by the tiny overrides.
+    "configs/fgaseg/vitb_384.yaml": {
+        "mIoU": 4.018678628845572, "fwIoU": 4.202749464665225, "mACC": 10.53877460943859, "pACC": 9.987288581583826,
+    },
+    "configs/fgaseg/vitb_384_fast.yaml": {
+        "mIoU": 4.1681374761475825, "fwIoU": 4.62966805104373, "mACC": 9.817909287815288, "pACC": 10.371788747560947,
+    },
+    "configs/fgaseg/vitl_336.yaml": {
+        "mIoU": 4.018678628845572, "fwIoU": 4.202749464665225, "mACC": 10.53877460943859, "pACC": 9.987288581583826,
+    },
+    "configs/fgaseg/tiny.yaml": {
+        "mIoU": 4.500842984272706, "fwIoU": 4.924206116155682, "mACC": 12.143406497810878, "pACC": 12.404725085215082,
     },
     # CLIP-HBD's configs ask for boundary IoU (TEST.BOUNDARY_IOU): it is checked too.
     "configs/clip_hbd/vitb_384.yaml": {

@@ -24,6 +24,7 @@ TINY_CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(R
 # Training losses of one batch of two 64x64 images at the fixed seed (float32, CPU, one thread).
 GOLDEN_LOSSES = {
     "configs/catseg/tiny.yaml": {"loss_sem_seg": 0.81673663854599},
+    "configs/fgaseg/tiny.yaml": {"loss_align": 0.018302898854017258, "loss_sem_seg": 0.8347907066345215},
     # random labels: nearly every pixel is an edge, and class balancing gives edges weight ~0
     "configs/clip_hbd/tiny.yaml": {"loss_ce": 2.079411506652832, "loss_dice": 0.8741841316223145, "loss_boundary": 0.0},
     "configs/dcp_clip/tiny.yaml": {"loss_sem_seg": 0.6630818843841553},
