@@ -29,7 +29,7 @@ What is measured (CUDA: events around each iteration, synchronised, after warm-u
   - median and p90 latency per image (iteration time / B), images per second (B / median),
     peak memory (``torch.cuda.max_memory_allocated`` during the timed iterations and the
     first call, which captures the CUDA graph: replays allocate nothing; model weights
-    included; also the reserved peak), and fvcore GFLOPs of ``image_features`` and
+    included, no graph of another case alive; also the reserved peak), and fvcore GFLOPs of ``image_features`` and
     ``decode`` (fvcore counts one multiply-add as one flop, and only convolutions, matrix
     products, einsum and a few others; norms and element-wise ops are not counted).
   Text embeddings are cached per vocabulary (as in evaluation) and computed before timing.
@@ -205,6 +205,9 @@ def variant_context(model, variant: Variant):
 
 # ----------------------------------------------------------------------------- cases
 def run_inference_case(model, timer, args, vocab, precision, batch, variant: Variant, generator) -> Dict:
+    # each case's peak memory is its own: no graph (and memory pool) of an earlier case stays
+    model.release_cuda_graphs()
+    _empty_cache(model.device)
     apply_precision(model, precision)
     model.eval()
     text = set_vocabulary(model, vocab["classes"])
@@ -257,6 +260,8 @@ def run_inference_case(model, timer, args, vocab, precision, batch, variant: Var
                 with torch.no_grad():
                     return model(inputs)
 
+            model.release_cuda_graphs()  # the single-view graph above is not part of this peak
+            _empty_cache(model.device)
             timer.reset_peak()
             case["end_to_end"] = {**summarize(timer(end_to_end, args.iters, args.warmup), batch), **timer.peak()}
         if args.profile:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.window_merge import merge_window_scores
+
 __all__ = ["InferenceProtocol", "SlidingWindow", "WholeImage", "build_inference_protocol", "window_boxes"]
 
 Box = Tuple[int, int, int, int]  # top, left, height, width
@@ -106,7 +108,9 @@ class SlidingWindow(InferenceProtocol):
 
     Per view, the logits are resized (bilinear) to the view's input size and then turned
     into scores (``model.logits_to_scores``), as the official CAT-Seg code does; overlapping
-    windows are averaged; the global scores are resized to the working size.
+    windows are averaged; the global scores are resized to the working size
+    (:func:`~sed_d2.ops.window_merge.merge_window_scores`: one fused pass on a GPU when the
+    model's scores are the contract's float32 sigmoid, ``model.sigmoid_scores``).
     """
 
     def __init__(
@@ -142,25 +146,23 @@ class SlidingWindow(InferenceProtocol):
                 views.append(_resize(image, self.global_size) if self.global_size else image)
             plans.append((tuple(work.shape[-2:]), boxes))
         logits = model.network_logits(model.prepare_images(views), text)
+        # the float32 sigmoid of the base contract is fused into the merge (ops.window_merge)
+        activation = None if getattr(model, "sigmoid_scores", False) else model.logits_to_scores
         results, index = [], 0
         for size, boxes in plans:
-            total = count = None
-            for y, x, h, w in boxes:
-                scores = model.logits_to_scores(_resize(logits[index : index + 1], (h, w)))[0]
-                index += 1
-                if total is None:
-                    total = scores.new_zeros((scores.shape[0], *size))
-                    count = scores.new_zeros((1, *size))
-                total[:, y : y + h, x : x + w] += scores
-                count[:, y : y + h, x : x + w] += 1
-            windows = total / count
-            if self.global_view:
-                view_size = self.global_size or size
-                scores = model.logits_to_scores(_resize(logits[index : index + 1], view_size))
-                index += 1
-                scores = _resize(scores, size)[0]
-                windows = (windows + scores) / 2 if self.merge == "mean" else torch.maximum(windows, scores)
-            results.append(windows)
+            count = len(boxes) + int(self.global_view)
+            results.append(
+                merge_window_scores(
+                    logits[index : index + count].contiguous(),
+                    boxes,
+                    size,
+                    global_view=self.global_view,
+                    global_size=self.global_size,
+                    merge=self.merge,
+                    activation=activation,
+                )
+            )
+            index += count
         return results
 
 
