@@ -246,6 +246,11 @@ class OpenVocabSegmentor(nn.Module):
             results.append({"sem_seg": prob})
         return results
 
+    def release_cuda_graphs(self) -> None:
+        """Drop the captured inference graphs and their memory pools (the next call captures
+        again): e.g. before measuring one case's peak memory alone."""
+        self._graphs.clear()
+
     def train(self, mode: bool = True):
         if mode:
             self.release_cuda_graphs()  # frees their activation memory for training
@@ -278,11 +283,6 @@ class OpenVocabSegmentor(nn.Module):
             return fn(*inputs)
         try:
             return self._graphs(key, fn, *inputs)
-    def release_cuda_graphs(self) -> None:
-        """Drop the captured inference graphs and their memory pools (the next call captures
-        again): e.g. before measuring one case's peak memory alone."""
-        self._graphs.clear()
-
         except Exception as e:  # a capture failure must not stop an evaluation
             logger.warning(
                 "CUDA graph capture of %s failed (%s: %s); these inputs run it eagerly from now on",
@@ -372,12 +372,12 @@ class OpenVocabSegmentor(nn.Module):
         ties). Always a new tensor: a CUDA graph's output is reused by the next replay."""
         return logits.float().sigmoid()
 
-    def forward_test(self, images: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, T, h, w) scores of CLIP-prepared images (:meth:`prepare_images`)."""
-        return self.logits_to_scores(self.network_logits(images, text_embeddings))
     @property
     def sigmoid_scores(self) -> bool:
         """Whether :meth:`logits_to_scores` is this class's float32 sigmoid (not overridden):
         protocols may then fuse it with their resizing (:mod:`sed_d2.ops.window_merge`)."""
         return type(self).logits_to_scores is OpenVocabSegmentor.logits_to_scores
 
+    def forward_test(self, images: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, T, h, w) scores of CLIP-prepared images (:meth:`prepare_images`)."""
+        return self.logits_to_scores(self.network_logits(images, text_embeddings))
