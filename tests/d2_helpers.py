@@ -46,11 +46,20 @@ def _flatten(node: dict, prefix: str) -> list:
     return opts
 
 
+def _method_tiny_file(config_file: str) -> str:
+    """The ``tiny.yaml`` of ``config_file``'s method: in its folder, or in the nearest folder
+    above it (ablation leaves live in subfolders of their method's folder)."""
+    folder = os.path.dirname(config_file)
+    while not os.path.isfile(os.path.join(ROOT, folder, "tiny.yaml")) and os.path.dirname(folder):
+        folder = os.path.dirname(folder)
+    return os.path.join(ROOT, folder, "tiny.yaml")
+
+
 def tiny_opts_for(config_file: str) -> list:
     """``KEY VALUE ...`` overrides that turn ``config_file`` (relative to the repository) into a
-    CPU-sized run: the :data:`TINY_NODES` that its method's ``tiny.yaml`` (the one in the same
-    folder) sets itself, then :data:`CPU_TEST_OVERRIDES`."""
-    tiny_file = os.path.join(ROOT, os.path.dirname(config_file), "tiny.yaml")
+    CPU-sized run: the :data:`TINY_NODES` that its method's ``tiny.yaml`` (in the same folder,
+    or the nearest one above) sets itself, then :data:`CPU_TEST_OVERRIDES`."""
+    tiny_file = _method_tiny_file(config_file)
     with open(tiny_file) as f:
         own_layer = yaml.safe_load(f)  # its own keys, not those of its _BASE_
     opts = []

@@ -79,11 +79,11 @@ def select_categories(
             return torch.ones(batch, num_classes, dtype=torch.bool, device=text.device)
         refined, image = category_scores(patch_embeddings, class_embedding, text, temperature)
         keep = image > threshold
-        keep.scatter_(1, refined.argmax(dim=-1), True)
+        _mark(keep, refined.argmax(dim=-1))
         if 0 < max_classes < num_classes:
             priority = torch.where(image > threshold, float("inf"), refined.amax(dim=1))
             priority = priority.masked_fill(~keep, float("-inf"))
-            capped = torch.zeros_like(keep).scatter_(1, priority.topk(max_classes, dim=1).indices, True)
+            capped = _mark(torch.zeros_like(keep), priority.topk(max_classes, dim=1).indices)
             keep &= capped
         return keep
 
@@ -97,7 +97,7 @@ def top_n_selection(patch_embeddings: Tensor, class_embedding: Tensor, text: Ten
         refined, image = category_scores(patch_embeddings, class_embedding, text, temperature)
         priority = refined.amax(dim=1) + image
         top = priority.topk(min(n, text.shape[0]), dim=1).indices
-        return torch.zeros_like(image, dtype=torch.bool).scatter_(1, top, True)
+        return _mark(torch.zeros_like(image, dtype=torch.bool), top)
 
 
 def present_classes(targets: Tensor, num_classes: int, ignore_value: int) -> Tensor:
@@ -106,7 +106,13 @@ def present_classes(targets: Tensor, num_classes: int, ignore_value: int) -> Ten
     # order dependence among duplicate indices)
     labels = torch.where(targets != ignore_value, targets, num_classes).flatten(1)
     present = torch.zeros(targets.shape[0], num_classes + 1, dtype=torch.bool, device=targets.device)
-    return present.scatter_(1, labels, True)[:, :num_classes]
+    return _mark(present, labels)[:, :num_classes]
+
+
+def _mark(mask: Tensor, index: Tensor) -> Tensor:
+    """``mask.scatter_(1, index, True)`` with a tensor source (fvcore's JIT tracer, which
+    ``tools/benchmark.py --flops`` uses, rejects a boolean scalar there)."""
+    return mask.scatter_(1, index, torch.ones_like(index, dtype=torch.bool))
 
 
 def pad_class_subsets(keep: Tensor) -> tuple[Tensor, Tensor]:
