@@ -16,6 +16,7 @@ SHIPPED = [
     "configs/fgaseg/vitb_384.yaml", "configs/fgaseg/vitb_384_fast.yaml", "configs/fgaseg/vitl_336.yaml",
     "configs/fgaseg/tiny.yaml",
     "configs/clip_hbd/vitb_384.yaml", "configs/clip_hbd/tiny.yaml",
+    "configs/dcp_clip/vitb_384.yaml", "configs/dcp_clip/vitl_336.yaml", "configs/dcp_clip/tiny.yaml",
 ]
 
 
@@ -82,6 +83,16 @@ GOLDEN_METRICS = {
     "configs/clip_hbd/tiny.yaml": {
         "mIoU": 7.652034395152555, "fwIoU": 8.37375822485299, "mACC": 15.683218708207045, "pACC": 16.546542413226355,
         "mBoundaryIoU": 2.7017751968817025,
+    },
+    # DCP-CLIP B and L differ only in MODEL.OVSEG, replaced by the tiny overrides.
+    "configs/dcp_clip/vitb_384.yaml": {
+        "mIoU": 2.305026656155904, "fwIoU": 1.6136120695587917, "mACC": 14.00327483521103, "pACC": 10.031414206022134,
+    },
+    "configs/dcp_clip/vitl_336.yaml": {
+        "mIoU": 2.305026656155904, "fwIoU": 1.6136120695587917, "mACC": 14.00327483521103, "pACC": 10.031414206022134,
+    },
+    "configs/dcp_clip/tiny.yaml": {
+        "mIoU": 3.704617425396026, "fwIoU": 2.382330364243938, "mACC": 15.303188463887308, "pACC": 10.591850118612916,
     },
 }
 
