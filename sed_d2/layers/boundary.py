@@ -231,7 +231,11 @@ class BoundaryGatedStage(nn.Module):
             scale = gate if self.gate_mode == "input" else 1 + gate
             gated = self._mlp(mixed, (scale * inputs).flatten(0, 1).contiguous()).unflatten(0, (batch, num_classes))
         gated = gated.flatten(0, 1).permute(0, 3, 1, 2)  # (N, C, h, w) channels-last
-        up = F.interpolate(gated, scale_factor=2, mode="bilinear", align_corners=False)
+        if torch.is_grad_enabled():
+            # matrix products: PyTorch's bilinear backward scatters with atomics (slow on GPUs)
+            up = ops.bilinear_resize(gated, (2 * height, 2 * width))
+        else:
+            up = F.interpolate(gated, scale_factor=2, mode="bilinear", align_corners=False)
         out = self.fusion(up.contiguous(memory_format=torch.channels_last), aligned_skip, shared_at=channels)
         return out.unflatten(0, (batch, num_classes))
 
