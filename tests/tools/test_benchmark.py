@@ -64,6 +64,17 @@ def test_inference_train_check_and_cer_cases(bench_tool, tmp_path, capsys):
     assert check["bf16_vs_fp32"] == check["bf16_vs_plain_fp32"]
 
 
+def test_check_without_float64_compares_to_the_plain_float32_path_only(bench_tool):
+    results = bench_tool.main([
+        "--config-file", CATSEG_TINY, "--num-classes", "3", "--image-size", "100", "90", "--mode", "inference",
+        "--precision", "fp32", "--iters", "1", "--warmup", "0", "--no-end-to-end", "--check", "--check-without-float64",
+    ])
+    (check,) = results["checks"]
+    assert not [key for key in check if "fp64" in key]
+    assert check["fp32_vs_plain_fp32"]["rel_err"] == 0.0  # CPU: no fast op, the same path
+    assert 1e-4 < check["bf16_vs_plain_fp32"]["rel_err"] < 0.05
+
+
 def test_any_method_runs_through_the_contract(bench_tool):
     results = bench_tool.main([
         "--config-file", CATSEG_TINY, "--num-classes", "3", "--iters", "1", "--warmup", "0",
