@@ -5,7 +5,6 @@ from contextlib import contextmanager
 from typing import Callable, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
@@ -13,7 +12,13 @@ from ..clip import TextEncoder, build_clip_model, get_templates
 from ..clip.prompt_context import ContextTextModel, PromptContext
 from ..layers.category_selection import present_classes
 from ..layers.tag_validation import seen_class_mask, tag_validation
-from ..models.dcp_clip import DCPCLIPDecoder, DCPCLIPModel, SpatialEnhancedDecoder, TextGuidedAlignment
+from ..models.dcp_clip import (
+    DCPCLIPDecoder,
+    DCPCLIPModel,
+    SpatialEnhancedDecoder,
+    TextGuidedAlignment,
+    class_embeddings,
+)
 from .base import OpenVocabSegmentor
 from .catseg import default_guidance_layers
 
@@ -205,8 +210,7 @@ class DCPCLIP(OpenVocabSegmentor):
         scores = super().inference_scores(images)
         if self.tag_validation_k <= 0:
             return scores
-        text = self.text_embeddings()
-        text_mean = F.normalize(F.normalize(text, dim=-1).mean(dim=1), dim=-1)
+        text_mean = class_embeddings(self.text_embeddings())
         seen = self._seen_classes()
         with torch.no_grad(), self.autocast(self.test_dtype):
             prepared = self.prepare_images([image.to(self.device).float() for image in images])

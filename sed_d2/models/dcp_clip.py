@@ -54,16 +54,17 @@ from .catseg import CATSegModel
 
 __all__ = [
     "CLS_TERMS",
+    "PROMPT_KINDS",
+    "UNSELECTED_CLASS_LOGIT",
     "DCPCLIPDecoder",
     "DCPCLIPModel",
     "DCPCLIPOutput",
-    "PROMPT_KINDS",
     "PatchCrossAttention",
     "PixelSelfAttention",
     "SpatialEnhancedDecoder",
     "TextGuidedAlignment",
     "TextualGuidance",
-    "UNSELECTED_CLASS_LOGIT",
+    "class_embeddings",
 ]
 
 # Logit of the classes an image did not select: finite, so that test protocols may resize
@@ -88,6 +89,12 @@ class DCPCLIPOutput(NamedTuple):
     subset_logits: Tensor
     class_ids: Tensor
     valid: Tensor
+
+
+def class_embeddings(text_embeddings: Tensor) -> Tensor:
+    """One embedding per class, ``E = normalize(mean_P normalize(text))``: ``(T, P, D) -> (T, D)``,
+    used wherever the paper writes one embedding per class (Eq. 1, 7, 17)."""
+    return F.normalize(F.normalize(text_embeddings, dim=-1).mean(dim=1), dim=-1)
 
 
 class TextualGuidance(nn.Module):
@@ -167,7 +174,7 @@ class PixelSelfAttention(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, guidance: Tensor) -> Tensor:
-        batch, num_classes, tokens, dim = x.shape
+        dim = x.shape[-1]
         weight = self.qkv.weight
         qkv = F.linear(x, weight[:, :dim], self.qkv.bias) + F.linear(guidance, weight[:, dim:]).unsqueeze(1)
         q, k, v = (_split_heads(t.flatten(0, 1), self.num_heads) for t in qkv.chunk(3, dim=-1))
@@ -498,7 +505,7 @@ class DCPCLIPModel(CATSegModel):
         decoder = self.decoder
         patches, image_embedding = features["clip_vis_dense"], features["cls"]
         num_classes = text_embeddings.shape[0]
-        text_mean = F.normalize(F.normalize(text_embeddings, dim=-1).mean(dim=1), dim=-1)  # (T, D)
+        text_mean = class_embeddings(text_embeddings)
         class_ids, valid = self.select(features, text_mean.detach(), present)
         cost = cosine_cost_volume(patches, text_embeddings[class_ids])  # (B, P, C, h, w)
         x = channels_last_class_maps(decoder.cost_embed(cost))

@@ -109,7 +109,7 @@ def test_threshold_zero_keeps_every_class_and_a_high_threshold_adds_at_most_one(
     torch.manual_seed(0)
     patches, cls, text = torch.randn(3, 8, 4, 4), torch.randn(3, 8), torch.randn(20, 8)
     assert select_categories(patches, cls, text, temperature=100.0, threshold=0.0).all()
-    refined, image = category_scores(patches, cls, text, 100.0)
+    refined, _ = category_scores(patches, cls, text, 100.0)
     patch_level = torch.zeros(3, 20, dtype=torch.bool).scatter_(1, refined.argmax(-1), True)
     for threshold in (0.5, 0.8, 0.9):
         keep = select_categories(patches, cls, text, temperature=100.0, threshold=threshold)
@@ -265,8 +265,13 @@ def test_gradients_reach_exactly_the_qv_rows_the_prompt_and_the_new_modules():
 
 @pytest.mark.parametrize(
     "alignment",
-    [dict(prompt="vector"), dict(prompt="none", cls_term="none"), dict(cls_term="hadamard"), dict(cross_attention=False),
-     dict(self_attention=False)],
+    [
+        {"prompt": "vector"},
+        {"prompt": "none", "cls_term": "none"},
+        {"cls_term": "hadamard"},
+        {"cross_attention": False},
+        {"self_attention": False},
+    ],
 )
 def test_every_textual_guidance_and_branch_variant_trains(alignment):
     model = _model(**alignment).train()
