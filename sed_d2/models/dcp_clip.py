@@ -446,6 +446,12 @@ class DCPCLIPModel(CATSegModel):
         self.cls_source = cls_source
         self.fixed_selection = 0
 
+    def forward(
+        self, images: Tensor, text_embeddings: Tensor, prompts: Tensor | None = None, present: Tensor | None = None
+    ) -> DCPCLIPOutput:
+        """:meth:`image_features` then :meth:`decode` (see there for the arguments)."""
+        return self.decode(self.image_features(images), text_embeddings, prompts, present)
+
     def image_features(self, images: Tensor) -> dict[str, Tensor]:
         """``clip_vis_dense`` (B, D, h, w), ``cls`` (B, D), ``attention`` (B, N, h, w)
         (A_CLIP) and the tap guidance ``guidance_{i}``. Shapes depend on the images' only."""

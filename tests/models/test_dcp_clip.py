@@ -145,8 +145,9 @@ def test_present_classes_ignore_the_ignore_label():
 # ------------------------------------------------------------------ the network
 def test_shapes_of_features_and_logits():
     model = _model().eval()
+    images = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
-        features = model.image_features(torch.randn(2, 3, SIZE, SIZE))
+        features = model.image_features(images)
         assert {k: tuple(v.shape) for k, v in features.items()} == {
             "clip_vis_dense": (2, EMBED, GRID, GRID),
             "cls": (2, EMBED),
@@ -155,6 +156,7 @@ def test_shapes_of_features_and_logits():
             "guidance_1": (2, 8, 4 * GRID, 4 * GRID),
         }
         output = model.decode(features, _text(model, 9), _prompts(model, 9))
+        assert torch.equal(model(images, _text(model, 9), _prompts(model, 9)).logits, output.logits)
     assert output.logits.shape == (2, 9, 4 * GRID, 4 * GRID)
     width = output.class_ids.shape[1]
     assert output.subset_logits.shape == (2, width, 4 * GRID, 4 * GRID)
@@ -240,6 +242,17 @@ def test_labelled_classes_join_the_selection_and_the_loss_is_golden():
         count += one_hot.numel()
     torch.testing.assert_close(loss, total / count, rtol=1e-5, atol=1e-6)
     assert loss.item() == pytest.approx(0.9009343981742859, abs=1e-6)
+    # ignored pixels excluded instead: the mean over labelled pixels of the selected classes
+    total, count = 0.0, 0
+    for image in range(2):
+        ids = output.class_ids[image][output.valid[image]]
+        up = F.interpolate(output.subset_logits[image : image + 1, : len(ids)], size=(SIZE, SIZE), mode="bilinear")
+        one_hot = (targets[image][None] == ids.view(-1, 1, 1)).float()[None]
+        labelled = (targets[image] != 255).expand_as(one_hot)
+        total = total + F.binary_cross_entropy_with_logits(up[labelled], one_hot[labelled], reduction="sum")
+        count += int(labelled.sum())
+    excluded = model.losses(output, targets, 255, ignore_as_negative=False)["loss_sem_seg"]
+    torch.testing.assert_close(excluded, total / count, rtol=1e-5, atol=1e-6)
 
 
 def test_gradients_reach_exactly_the_qv_rows_the_prompt_and_the_new_modules():
