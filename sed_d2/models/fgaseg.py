@@ -462,7 +462,7 @@ class FGASegModel(CATSegModel):
         batch, num_classes = x.shape[:2]
         x = decoder.fuse_at(0, x, local)
         keep = decoder.kept_classes(decoder.aux_heads[0](x))[0].nonzero().squeeze(1)
-        x = self.aggregate(x[:, keep], appearance, text_guidance[:, keep])
+        x = self.aggregate(channels_last_class_maps(x[:, keep]), appearance, text_guidance[:, keep])
         local = local[:, keep]
         x = decoder.fuse_at(1, x, local)
         kept1 = decoder.kept_classes(decoder.aux_heads[1](x))[0].nonzero().squeeze(1)
@@ -473,8 +473,9 @@ class FGASegModel(CATSegModel):
         logits = decoder.head(x.flatten(0, 1)).view(*x.shape[:2], *guidance[1].shape[-2:])
         survivors = keep[kept1[kept2]]
         if decoder.fast_scores == "official":
-            out = logits.new_zeros((batch, num_classes, *logits.shape[-2:]))
-            logits = logits.sigmoid()
+            # float32: under bf16 the compressed scores (0.5 to 0.73) would be 2^-8 apart
+            out = logits.new_zeros((batch, num_classes, *logits.shape[-2:]), dtype=torch.float32)
+            logits = logits.float().sigmoid()
         else:
             out = logits.new_full((batch, num_classes, *logits.shape[-2:]), PRUNED_CLASS_LOGIT)
         out[:, survivors] = logits
