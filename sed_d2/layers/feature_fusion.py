@@ -49,6 +49,9 @@ class FeatureFusion(nn.Module):
         if tuple(projected.shape[-2:]) != tuple(feature.shape[-2:]):
             projected = F.interpolate(projected, size=feature.shape[-2:], mode="bilinear", align_corners=False)
         projected = projected.to(feature.dtype)
+        if feature.is_contiguous(memory_format=torch.channels_last):
+            # keep the backbone's layout (its fast path runs channels-last) for the mix and after
+            projected = projected.contiguous(memory_format=torch.channels_last)
         if self.weight == "residual":
             return feature + self.alpha.to(feature.dtype) * projected
         if self.weight == "spatial":
