@@ -122,11 +122,15 @@ IMAGENET_SELECT_TEMPLATES = (
 # code spells it.
 SINGLE_TEMPLATE = ("A photo of a {} in the scene",)
 
+# CLIP's own zero-shot prompt; SynSeg's (the paper names none) for caption phrases and class names.
+CLIP_PHOTO_TEMPLATE = ("a photo of a {}.",)
+
 # Name -> template set; the names are the values of SED's PROMPT_ENSEMBLE_TYPE.
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "imagenet": IMAGENET_TEMPLATES,
     "imagenet_select": IMAGENET_SELECT_TEMPLATES,
     "single": SINGLE_TEMPLATE,
+    "clip_photo": CLIP_PHOTO_TEMPLATE,
 }
 
 
@@ -134,7 +138,8 @@ def get_templates(name: str) -> list[str]:
     """Return a fresh list with the template set called ``name``.
 
     Args:
-        name: one of ``"imagenet"`` (80), ``"imagenet_select"`` (8), ``"single"`` (1).
+        name: one of ``"imagenet"`` (80), ``"imagenet_select"`` (8), ``"single"`` (1),
+            ``"clip_photo"`` (1).
 
     Raises:
         ValueError: for an unknown name; the message lists the valid ones.

@@ -171,6 +171,15 @@ class TextEncoder:
             self._cache.popitem(last=False)
         return embeddings
 
+    def encode_uncached(self, class_names: Sequence[str]) -> torch.Tensor:
+        """(T, P, C) like calling the encoder, computed afresh and never cached: for word lists
+        that change every batch (image-caption training's noun phrases), which would only
+        evict the vocabularies from the cache. Autocast off; gradients where the tower trains."""
+        names = validate_vocabulary(class_names)
+        device = self._tower_parameters()[0].device
+        with torch.autocast(device.type, enabled=False):
+            return self._encode_vocabulary_impl(names, device, progress=False)
+
     def cache_info(self) -> TextCacheInfo:
         return TextCacheInfo(self._hits, self._misses, self.max_cache_entries, len(self._cache))
 

@@ -41,7 +41,13 @@ def add_ovseg_config(cfg: CN) -> None:
     cfg.MODEL.OVSEG.CUDA_GRAPHS = True
     # False runs every fast GPU path (Triton kernels) as plain PyTorch.
     cfg.MODEL.OVSEG.FAST_OPS = True
+    # Score of the constant background channel on datasets whose background is not prompted
+    # (metadata background_handling "unprompted_class": VOC-21, COCO-Object; TCL's eval 0.4).
+    cfg.MODEL.OVSEG.BACKGROUND_THRESHOLD = 0.4
 
+    # Training mapper (sed_d2/data/mappers.py TRAIN_MAPPERS): "semantic_segmentation" (image +
+    # label map) or "image_caption" (image + noun phrases, SynSeg).
+    cfg.INPUT.DATASET_MAPPER_NAME = "semantic_segmentation"
     # Photometric SSD-style colour augmentation in training (brightness/contrast/saturation/hue).
     cfg.INPUT.COLOR_AUG_SSD = False
     # Crops where one class covers more than this fraction are re-drawn (1.0 = plain random crop).

@@ -13,9 +13,17 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import NoOpTransform, Transform
 
+from .caption_mapper import ImageCaptionMapper
 from .io import read_image, read_label_map
 
-__all__ = ["ColorAugSSDTransform", "SemanticSegmentationMapper", "TestImageMapper"]
+__all__ = [
+    "ColorAugSSDTransform",
+    "ImageCaptionMapper",
+    "SemanticSegmentationMapper",
+    "TRAIN_MAPPERS",
+    "TestImageMapper",
+    "build_train_mapper",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -249,3 +257,18 @@ class TestImageMapper:
         dataset_dict.setdefault("height", height)
         dataset_dict.setdefault("width", width)
         return dataset_dict
+
+
+# INPUT.DATASET_MAPPER_NAME -> training mapper class (built from the config).
+TRAIN_MAPPERS = {
+    "semantic_segmentation": SemanticSegmentationMapper,
+    "image_caption": ImageCaptionMapper,
+}
+
+
+def build_train_mapper(cfg):
+    """The training mapper named by ``INPUT.DATASET_MAPPER_NAME``."""
+    name = cfg.INPUT.DATASET_MAPPER_NAME
+    if name not in TRAIN_MAPPERS:
+        raise ValueError(f"INPUT.DATASET_MAPPER_NAME must be one of {sorted(TRAIN_MAPPERS)}, got {name!r}")
+    return TRAIN_MAPPERS[name](cfg)

@@ -21,6 +21,11 @@ On first use the files are written to ``<root>/sed_d2_synthetic/``::
     images/{train,val}/<id>.jpg    RGB, JPEG quality 95
     labels/{train,val}/<id>.png    'L' PNG, values 0..C-1 and 255 (ignore)
 
+The training split also exists as an image-caption set, ``sed_d2_synthetic_train_captions``
+(the same images; each record's noun phrases are the names of the classes its label map
+shows, in class order, and no label file): the embedded default of methods that train from
+captions (SynSeg), evaluated on ``sed_d2_synthetic_val`` like every other method.
+
 The folder is generated in a temporary sibling and renamed into place, so a reader never sees a
 half-written dataset and concurrent processes (DDP ranks) can race safely: the loser of the
 rename accepts the winner's folder. ``root`` is ``$SED_D2_SYNTHETIC_ROOT`` if set, else
@@ -52,6 +57,9 @@ __all__ = [
     "load_synthetic_dataset",
     "synthetic_dataset_dir",
     "register_synthetic_datasets",
+    "SYNTHETIC_CAPTION_DATASET_NAME",
+    "load_synthetic_caption_dataset",
+    "register_synthetic_caption_dataset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,6 +72,8 @@ SYNTHETIC_DATASET_NAMES: Dict[str, str] = {
     "train": "sed_d2_synthetic_train",
     "val": "sed_d2_synthetic_val",
 }
+# The training split as image-caption pairs (phrases = the names of the classes in each image).
+SYNTHETIC_CAPTION_DATASET_NAME = "sed_d2_synthetic_train_captions"
 DATASET_DIRNAME = "sed_d2_synthetic"
 MANIFEST_NAME = "manifest.json"
 IGNORE_LABEL = 255
@@ -605,3 +615,53 @@ def register_synthetic_datasets(
             prepare_script="(generated automatically on first use)",
         )
         _REGISTERED[name] = arguments
+
+
+def load_synthetic_caption_dataset(
+    root: Optional[str] = None,
+    num_images: Optional[Mapping[str, int]] = None,
+    seed: int = DEFAULT_SEED,
+) -> List[Dict]:
+    """The training split as image-caption records: ``file_name``, ``height``, ``width``,
+    ``image_id``, ``nouns`` (the names of the classes present in the image's label map, in
+    class order, ignore excluded) and ``caption`` (those names joined); no label file."""
+    records = []
+    for record in load_synthetic_dataset("train", root, num_images, seed):
+        present = np.unique(np.asarray(Image.open(record.pop("sem_seg_file_name"))))
+        nouns = [SYNTHETIC_CLASSES[int(c)] for c in present if c != IGNORE_LABEL]
+        records.append({**record, "nouns": nouns, "caption": "a picture of " + " and ".join(nouns)})
+    return records
+
+
+def register_synthetic_caption_dataset(
+    root: Optional[str] = None,
+    num_images: Optional[Mapping[str, int]] = None,
+    seed: int = DEFAULT_SEED,
+) -> None:
+    """Register ``sed_d2_synthetic_train_captions`` (see :func:`load_synthetic_caption_dataset`;
+    arguments as :func:`register_synthetic_datasets`). Its metadata marks it as an
+    image-caption set (``task``) and lists the classes its phrases come from."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from .vocabulary import IMAGE_CAPTION_TASK
+
+    name = SYNTHETIC_CAPTION_DATASET_NAME
+    dataset_dir = synthetic_dataset_dir(root)
+    counts = _resolve_counts(num_images)
+    arguments = (os.path.abspath(dataset_dir), tuple(sorted(counts.items())), seed)
+    if name in DatasetCatalog.list():
+        if _REGISTERED.get(name) == arguments:
+            return
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(
+        name, functools.partial(load_synthetic_caption_dataset, os.path.dirname(dataset_dir), counts, seed)
+    )
+    MetadataCatalog.get(name).set(
+        task=IMAGE_CAPTION_TASK,
+        stuff_classes=list(SYNTHETIC_CLASSES),
+        image_root=os.path.join(dataset_dir, "images", "train"),
+        prepare_script="(generated automatically on first use)",
+    )
+    _REGISTERED[name] = arguments

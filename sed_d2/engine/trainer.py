@@ -12,8 +12,8 @@ from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.loader import build_resumable_train_loader
-from ..data.mappers import SemanticSegmentationMapper, TestImageMapper
-from ..data.vocabulary import vocabulary_of
+from ..data.mappers import TestImageMapper, build_train_mapper
+from ..data.vocabulary import unprompted_background_index, vocabulary_of
 from .checkpointer import ConvertingCheckpointer
 from .evaluation import build_sem_seg_evaluator, format_summary_table
 from .optimizer import build_optimizer
@@ -72,9 +72,8 @@ class Trainer(DefaultTrainer):
     def build_train_loader(self, cfg):
         # An instance method (DefaultTrainer calls it on self) so the sampler stays reachable
         # for resume_or_load: the stream depends only on (SEED, position), see data/loader.py.
-        loader, self._train_sampler = build_resumable_train_loader(
-            cfg, SemanticSegmentationMapper(cfg)
-        )
+        # The mapper is the config's (INPUT.DATASET_MAPPER_NAME): label maps or image-caption pairs.
+        loader, self._train_sampler = build_resumable_train_loader(cfg, build_train_mapper(cfg))
         return loader
 
     def run_step(self):
@@ -133,10 +132,15 @@ class Trainer(DefaultTrainer):
         """
         segmentor = unwrap_model(model)
         previous_vocabulary = segmentor.test_vocabulary
+        previous_background = segmentor.background_index
         results = OrderedDict()
         try:
             for idx, dataset_name in enumerate(cfg.DATASETS.TEST):
-                segmentor.set_vocabulary(vocabulary_of(dataset_name))
+                # Datasets with an unprompted background class (VOC-21, COCO-Object) say so in
+                # their metadata: the model scores it with its background threshold.
+                segmentor.set_vocabulary(
+                    vocabulary_of(dataset_name), background_index=unprompted_background_index(dataset_name)
+                )
                 data_loader = cls.build_test_loader(cfg, dataset_name)
                 evaluator = (
                     evaluators[idx] if evaluators is not None else cls.build_evaluator(cfg, dataset_name)
@@ -147,7 +151,7 @@ class Trainer(DefaultTrainer):
                     print_csv_format(results[dataset_name])
         finally:
             if previous_vocabulary is not None:
-                segmentor.set_vocabulary(previous_vocabulary)
+                segmentor.set_vocabulary(previous_vocabulary, background_index=previous_background)
         if comm.is_main_process() and results:
             table = format_summary_table(results)
             logger.info("Summary over all test datasets (mIoU etc. in %):\n" + table)

@@ -39,8 +39,10 @@ __all__ = [
 # Loss names in the order of the paper's L1..L4 (and of the weights).
 MCCL_LOSS_NAMES = ("loss_intra_align", "loss_intra_sep", "loss_inter_align", "loss_inter_sep")
 # How a cosine becomes a similarity in (0, 1): "affine" (clamp to [-1+eps, 1-eps], then
-# (c + 1) / 2) or "clamp" (CCAM: clamp to [eps, 1-eps]; no gradient below eps).
-SIMILARITY_MAPS = ("affine", "clamp")
+# (c + 1) / 2), "clamp" (CCAM: clamp to [eps, 1-eps]; no gradient below eps) or "scale"
+# ((1 + (1-eps) c) / 2: the same range as "affine" without its clamp, so nearly parallel
+# vectors, e.g. every foreground at initialisation, still get a repelling gradient).
+SIMILARITY_MAPS = ("affine", "clamp", "scale")
 SEPARATION_NORMALIZATIONS = ("all", "active")
 
 
@@ -50,10 +52,12 @@ def cosine_similarity(u: Tensor, v: Tensor) -> Tensor:
 
 
 def bounded_similarity(cosine: Tensor, eps: float = 5e-4, mode: str = "affine") -> Tensor:
-    """A cosine mapped into ``[eps / 2, 1 - eps / 2]`` ("affine") or ``[eps, 1 - eps]``
+    """A cosine mapped into ``[eps / 2, 1 - eps / 2]`` ("affine", "scale") or ``[eps, 1 - eps]``
     ("clamp"), so ``log s`` and ``log(1 - s)`` are finite."""
     if mode == "affine":
         return (cosine.clamp(-1.0 + eps, 1.0 - eps) + 1.0) / 2.0
+    if mode == "scale":
+        return (1.0 + (1.0 - eps) * cosine) / 2.0  # |c| <= 1 up to rounding, which eps absorbs
     if mode == "clamp":
         return cosine.clamp(eps, 1.0 - eps)
     raise ValueError(f"similarity map must be one of {SIMILARITY_MAPS}, got {mode!r}")

@@ -17,6 +17,10 @@ method's internals.
   arguments below), plus the method's own arguments.
 * ``forward_train(images, text, targets) -> {name: scalar loss}``: ``images`` (B, 3, H, W)
   CLIP-normalised at the CLIP resolution, ``text`` (T, P, C), ``targets`` (B, H', W') labels.
+* ``forward_train_captions(images, phrases) -> {name: scalar loss}`` (only a method trained
+  from image-caption pairs, e.g. SynSeg): ``phrases`` holds each image's noun phrases. A
+  batch whose inputs carry ``"nouns"`` (the ``image_caption`` mapper) comes here instead of
+  ``forward_train``; such a training set may have no class list (``train_vocabulary`` None).
 * ``image_features(images) -> {name: tensor}`` and ``decode(features, text) -> (B, T, h, w)
   logits``: the network split in two. Its image half depends on the images only, so CUDA
   graphs replay it even where the decoder cannot be captured (category early rejection,
@@ -50,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..clip import TextEncoder, get_templates, validate_vocabulary
-from ..data.vocabulary import vocabulary_of
+from ..data.vocabulary import training_vocabulary_of, unprompted_background_index, vocabulary_of
 from .. import ops
 from ..ops.cuda_graphs import CUDAGraphCache, graph_key
 from .inference import InferenceProtocol, WholeImage, build_inference_protocol
@@ -88,6 +92,8 @@ class OpenVocabSegmentor(nn.Module):
         cuda_graphs: bool = False,
         synonym_rule: str = "mean",
         inference_protocol: Optional[InferenceProtocol] = None,
+        background_threshold: float = 0.4,
+        test_background_index: Optional[int] = None,
     ):
         """
         Args:
@@ -106,6 +112,9 @@ class OpenVocabSegmentor(nn.Module):
                 ``"first"`` (:class:`sed_d2.clip.TextEncoder`).
             inference_protocol: how test images become scores (:mod:`.inference`);
                 None = :class:`~.inference.WholeImage`.
+            background_threshold: score of the unprompted background class
+                (:meth:`set_vocabulary`'s ``background_index``).
+            test_background_index: ``background_index`` of ``test_vocabulary``.
         """
         super().__init__()
         self.register_buffer("pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), False)
@@ -129,14 +138,19 @@ class OpenVocabSegmentor(nn.Module):
         self._graph_failures: set = set()  # graph keys whose capture failed: run eagerly
         self._graph_parameters: Optional[List[torch.Tensor]] = None  # listed once, see run_network
         self.inference_protocol = inference_protocol or WholeImage()
+        self.background_threshold = float(background_threshold)
+        self.background_index: Optional[int] = None
+        if self.test_vocabulary is not None:
+            self.set_vocabulary(self.test_vocabulary, background_index=test_background_index)
 
     @classmethod
     def from_config(cls, cfg) -> dict:
         """The base arguments, read from the config; a method's ``from_config`` starts with
         ``ret = super().from_config(cfg)``."""
         ovseg = cfg.MODEL.OVSEG
-        train_vocab = vocabulary_of(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
+        train_vocab = training_vocabulary_of(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
         test_vocab = vocabulary_of(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else train_vocab
+        test_background = unprompted_background_index(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
         return {
             "clip_pixel_mean": ovseg.CLIP_PIXEL_MEAN,
             "clip_pixel_std": ovseg.CLIP_PIXEL_STD,
@@ -151,6 +165,8 @@ class OpenVocabSegmentor(nn.Module):
             "cuda_graphs": ovseg.CUDA_GRAPHS,
             "synonym_rule": ovseg.SYNONYM_RULE,
             "inference_protocol": build_inference_protocol(cfg),
+            "background_threshold": ovseg.BACKGROUND_THRESHOLD,
+            "test_background_index": test_background,
         }
 
     # ------------------------------------------------------------------ vocabulary
@@ -182,9 +198,21 @@ class OpenVocabSegmentor(nn.Module):
             )
         return self._text_encoder
 
-    def set_vocabulary(self, class_names: Sequence[str]) -> None:
-        """Use these class names at inference (synonyms within a name joined by ', ')."""
-        self.test_vocabulary = list(validate_vocabulary(class_names))
+    def set_vocabulary(self, class_names: Sequence[str], background_index: Optional[int] = None) -> None:
+        """Use these class names at inference (synonyms within a name joined by ', ').
+
+        ``background_index``: the class at this index is background that is scored but not
+        prompted (the GroupViT/TCL protocol, datasets with ``background_handling``
+        "unprompted_class"): the other names are prompted and the background channel gets
+        the constant ``background_threshold`` before the argmax."""
+        names = list(validate_vocabulary(class_names))
+        if background_index is not None and not (0 <= background_index < len(names) and len(names) > 1):
+            raise ValueError(
+                f"background_index {background_index} must index one of the {len(names)} class names, "
+                "with at least one other (prompted) class"
+            )
+        self.test_vocabulary = names
+        self.background_index = background_index
 
     @property
     def vocabulary(self) -> List[str]:
@@ -197,8 +225,12 @@ class OpenVocabSegmentor(nn.Module):
         return vocab
 
     def text_embeddings(self) -> torch.Tensor:
-        """(T, P, C) L2-normalised embeddings of the current vocabulary, cached per vocabulary."""
-        return self.text_encoder(self.vocabulary)
+        """(T, P, C) L2-normalised embeddings of the current vocabulary, cached per vocabulary
+        (at inference without the unprompted background class, if any: T - 1 rows)."""
+        vocabulary = self.vocabulary
+        if not self.training and self.background_index is not None:
+            vocabulary = vocabulary[: self.background_index] + vocabulary[self.background_index + 1 :]
+        return self.text_encoder(vocabulary)
 
     # ------------------------------------------------------------------ tensors
     @property
@@ -306,11 +338,17 @@ class OpenVocabSegmentor(nn.Module):
         """
         Args:
             batched_inputs: detectron2 dicts with "image" (3, H, W) uint8 RGB, in training
-                "sem_seg" (H, W) labels, at inference optionally "height"/"width".
+                "sem_seg" (H, W) labels or "nouns" (noun phrases, image-caption training), at
+                inference optionally "height"/"width".
         Returns:
             training: dict of named losses. Inference: one ``{"sem_seg": (T, height, width)}``
             per image, class probabilities at the original image size.
         """
+        if self.training and "nouns" in batched_inputs[0]:
+            images = self.prepare_images([x["image"] for x in batched_inputs])
+            with self.autocast(self.train_dtype):
+                losses = self.forward_train_captions(images, [list(x["nouns"]) for x in batched_inputs])
+            return {k: v.float() for k, v in losses.items()}
         if self.training:
             text = self.text_embeddings()
             images = self.prepare_images([x["image"] for x in batched_inputs])
@@ -330,11 +368,24 @@ class OpenVocabSegmentor(nn.Module):
         text = self.text_embeddings()
         images = [image.to(self.device, non_blocking=True).float() for image in images]
         with self.autocast(self.test_dtype):
-            return self.inference_protocol(self, images, text)
+            scores = self.inference_protocol(self, images, text)
+        if self.background_index is None:
+            return scores
+        index = self.background_index
+        return [
+            torch.cat([s[:index], torch.full_like(s[:1], self.background_threshold), s[index:]]) for s in scores
+        ]
 
     # ------------------------------------------------------------------ the network
     def forward_train(self, images, text_embeddings, targets) -> Dict[str, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} must provide forward_train (the method contract)")
+
+    def forward_train_captions(self, images, phrases: List[List[str]]) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError(
+            f"{type(self).__name__} trains from label maps ('sem_seg'), but the training batch holds "
+            "image-caption pairs ('nouns'): set a segmentation dataset in DATASETS.TRAIN and "
+            "INPUT.DATASET_MAPPER_NAME 'semantic_segmentation'"
+        )
 
     def image_features(self, images: torch.Tensor) -> Mapping[str, torch.Tensor]:
         return self._network("image_features").image_features(images)

@@ -84,6 +84,12 @@ def test_bounded_similarity_ranges():
     cos = torch.tensor([-1.0, 0.0, 1.0])
     torch.testing.assert_close(bounded_similarity(cos), torch.tensor([EPS / 2, 0.5, 1 - EPS / 2]))
     torch.testing.assert_close(bounded_similarity(cos, mode="clamp"), torch.tensor([EPS, EPS, 1 - EPS]))
+    torch.testing.assert_close(bounded_similarity(cos, mode="scale"), torch.tensor([EPS / 2, 0.5, 1 - EPS / 2]))
+    # parallel vectors: "affine" clamps (no gradient), "scale" still repels them
+    for mode, has_gradient in (("affine", False), ("scale", True)):
+        c = torch.tensor(1.0, requires_grad=True)
+        (-torch.log1p(-bounded_similarity(c, mode=mode))).backward()
+        assert (c.grad.abs() > 0).item() == has_gradient, mode
     assert cosine_similarity(torch.zeros(4), torch.ones(4)).item() == 0.0
     with pytest.raises(ValueError, match="similarity map"):
         bounded_similarity(cos, mode="sigmoid")

@@ -81,7 +81,7 @@ Every semantic-segmentation name sets:
 ``stuff_dataset_id_to_contiguous_id``  COCO-Stuff (COCO id -> label value) and ADE-847 (ADE
                     class id -> label value), as the official registrations.
 
-``cc12m_train`` sets ``image_root`` (the download), ``caption_index_root`` (the noun-phrase
+``cc12m_train`` sets ``task`` ("image_caption"), ``image_root`` (the download), ``caption_index_root`` (the noun-phrase
 index) and ``prepare_script``; it has no classes and no evaluator.
 """
 
@@ -94,6 +94,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from . import builtin_meta
+from ..vocabulary import IMAGE_CAPTION_TASK
 from .cc12m import CC12M_DIRNAME, INDEX_DIRNAME, load_cc12m
 from .sem_seg_loader import DATASETS_ENV_VAR, load_sem_seg_pairs
 
@@ -429,6 +430,7 @@ def register_all_datasets(root: str) -> None:
             ),
         )
         MetadataCatalog.get(CC12M_DATASET_NAME).set(
+            task=IMAGE_CAPTION_TASK,
             image_root=dataset_dir,
             caption_index_root=os.path.join(dataset_dir, INDEX_DIRNAME),
             prepare_script=_CC12M_PREPARE,

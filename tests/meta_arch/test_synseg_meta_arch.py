@@ -1,0 +1,142 @@
+"""The SynSeg meta-architecture, what tests/meta_arch/test_contract.py does not check for every
+method: the paper config at its real size (151 M parameters, frozen OpenAI ViT-B/16, the five
+views, the six benchmarks), training from noun phrases, categories read off label maps, and the
+unprompted background scored with the threshold."""
+import os
+
+import pytest
+import torch
+
+from tests.conftest import requires_detectron2
+from tests.d2_helpers import ROOT, tiny_cfg_for
+
+pytestmark = requires_detectron2
+
+TINY = "configs/synseg/tiny.yaml"
+SIX_BENCHMARKS = (
+    "voc_2012_val_bg21_sem_seg", "context_59_test_sem_seg", "coco_object_val_sem_seg",
+    "coco_2017_test_stuff_all_sem_seg", "cityscapes_19_val_sem_seg", "ade20k_150_test_sem_seg",
+)
+
+
+def _build(config_file=TINY, *extra, seed=0):
+    from detectron2.modeling import build_model
+
+    import sed_d2  # noqa: F401
+
+    torch.manual_seed(seed)
+    return build_model(tiny_cfg_for(config_file, *extra))
+
+
+def _images(n, size=(64, 64), seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (3, *size), generator=generator, dtype=torch.uint8) for _ in range(n)]
+
+
+def test_paper_config_builds_the_151M_network_with_the_papers_protocol(monkeypatch):
+    import open_clip
+    from detectron2.modeling import build_model
+
+    import sed_d2  # noqa: F401
+    from sed_d2.config import get_cfg
+    from sed_d2.meta_arch import SlidingWindow
+    from sed_d2.meta_arch import synseg as synseg_meta_arch
+
+    built = []
+
+    def clip_on_meta(name, pretrained, **kwargs):
+        built.append((name, pretrained))
+        return open_clip.create_model(name, device="meta")
+
+    monkeypatch.setattr(synseg_meta_arch, "build_clip_model", clip_on_meta)
+    cfg = get_cfg(os.path.join(ROOT, "configs/synseg/vitb_224.yaml"), ["MODEL.DEVICE", "meta"])
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert built == [("ViT-B-16-quickgelu", "openai")]  # OpenAI weights with their QuickGELU
+    assert sum(p.numel() for p in model.parameters()) == 150_727_170  # Table I: "151M"
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 1_106_433
+    assert all(not p.requires_grad for p in model.model.clip_model.parameters())
+    assert model.clip_resolution == (224, 224) and model.model.extract_layers == (3, 7, 9)
+    assert model.templates == ["a photo of a {}."]
+    assert model.train_vocabulary is None  # cc12m_train: phrases, no class list
+    protocol = model.inference_protocol
+    assert isinstance(protocol, SlidingWindow)
+    assert (protocol.grid, protocol.global_view, protocol.image_size, protocol.global_size, protocol.merge) == (
+        (2, 2), True, None, None, "mean"
+    )
+    assert tuple(cfg.DATASETS.TEST) == SIX_BENCHMARKS
+    assert model.background_index == 0 and model.background_threshold == 0.4  # VOC: background 0, unprompted
+    assert cfg.INPUT.DATASET_MAPPER_NAME == "image_caption" and cfg.SOLVER.IMS_PER_BATCH == 256
+
+
+def test_background_comes_from_the_metadata_of_each_benchmark():
+    import sed_d2  # noqa: F401
+    from sed_d2.data.vocabulary import unprompted_background_index
+
+    assert [unprompted_background_index(name) for name in SIX_BENCHMARKS] == [0, None, 0, None, None, None]
+
+
+def test_the_unprompted_background_channel_is_the_threshold():
+    model = _build(TINY, "MODEL.OVSEG.BACKGROUND_THRESHOLD", "0.3").eval()
+    images = _images(2)
+    with torch.no_grad():
+        model.set_vocabulary(["sky", "grass"])
+        plain = model.inference_scores(images)
+        model.set_vocabulary(["background", "sky", "grass"], background_index=0)
+        with_background = model.inference_scores(images)
+        assert model.text_embeddings().shape[0] == 2  # "background" is never prompted
+        outputs = model([{"image": image} for image in images])
+    for plain_scores, scores, output in zip(plain, with_background, outputs):
+        assert scores.shape[0] == 3 and torch.equal(scores[1:], plain_scores)
+        assert torch.all(scores[0] == 0.3)
+        assert output["sem_seg"].shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="background_index 3"):
+        model.set_vocabulary(["a", "b", "c"], background_index=3)
+
+
+def test_caption_training_encodes_each_distinct_phrase_once_and_reaches_only_the_decoder():
+    model = _build().train()
+    encoded = []
+    encode = model.text_encoder.encode_uncached
+    model.text_encoder.encode_uncached = lambda names: (encoded.append(list(names)), encode(names))[1]
+    images = _images(3)
+    batch = [
+        {"image": images[0], "nouns": ["red brick", "a dog"]},
+        {"image": images[1], "nouns": ["a dog"]},
+        {"image": images[2], "nouns": ["sky", "red brick", "tree"]},
+    ]
+    losses = model(batch)
+    assert encoded == [["red brick", "a dog", "sky", "tree"]]
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    for name, parameter in model.named_parameters():
+        assert (parameter.grad is not None) == name.startswith(("model.decoder.", "model.synergy.")), name
+
+
+def test_categories_from_a_label_map_are_its_largest_present_classes(monkeypatch):
+    model = _build(TINY, "MODEL.SYNSEG.MAX_CATEGORIES", "2").train()
+    seen = {}
+    monkeypatch.setattr(model.model, "losses", lambda images, text, pair_image: seen.update(text=text, pair=pair_image) or {})
+    labels = torch.full((2, 64, 64), 255)
+    labels[0, :30], labels[0, 30:40], labels[0, 40:] = 3, 1, 6  # areas 30, 10, 24 rows: keep 3 and 6
+    labels[1, :] = 5
+    text = torch.nn.functional.normalize(torch.randn(8, 1, 48), dim=-1)
+    model.forward_train(torch.zeros(2, 3, 64, 64), text, labels)
+    torch.testing.assert_close(seen["text"], text[[3, 6, 5], 0])
+    assert seen["pair"].tolist() == [0, 0, 1]
+
+
+def test_a_method_trained_on_label_maps_refuses_caption_batches_and_synseg_keeps_clip_frozen():
+    sed = _build("configs/sed/tiny.yaml").train()
+    with pytest.raises(NotImplementedError, match="trains from label maps"):
+        sed([{"image": _images(1)[0], "nouns": ["sky"]}])
+    with pytest.raises(ValueError, match="CLIP_FINETUNE must be 'frozen'"):
+        _build(TINY, "MODEL.OVSEG.CLIP_FINETUNE", "attention")
+
+
+def test_default_extract_layers_are_clipsegs_scaled_to_the_depth():
+    from sed_d2.meta_arch.synseg import default_extract_layers
+
+    assert default_extract_layers(12) == (3, 7, 9)  # CLIPSeg rd64-uni, ViT-B/16
+    assert default_extract_layers(4) == (0, 1, 2)  # the tiny test ViT
+    assert default_extract_layers(24) == (7, 15, 19)
