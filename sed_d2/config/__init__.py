@@ -20,6 +20,7 @@ from .fgaseg import add_fgaseg_config
 from .common import add_ovseg_config
 from .dcp_clip import add_dcp_clip_config
 from .sed import add_sed_config
+from .synseg import add_synseg_config
 
 __all__ = ["add_sed_d2_config", "get_cfg", "apply_runtime_flags"]
 
@@ -29,6 +30,7 @@ def add_sed_d2_config(cfg: CfgNode) -> None:
     add_ovseg_config(cfg)
     add_sed_config(cfg)
     add_catseg_config(cfg)
+    add_synseg_config(cfg)
     add_fgaseg_config(cfg)
     add_clip_hbd_config(cfg)
     add_dcp_clip_config(cfg)

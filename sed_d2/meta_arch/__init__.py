@@ -7,6 +7,7 @@ from .clip_hbd import CLIPHBD
 from .dcp_clip import DCPCLIP
 from .fgaseg import FGASeg
 from .sed import SED
+from .synseg import SynSeg
 
 __all__ = [
     "CATSeg",
@@ -18,6 +19,7 @@ __all__ = [
     "OpenVocabSegmentor",
     "SED",
     "SlidingWindow",
+    "SynSeg",
     "WholeImage",
     "build_inference_protocol",
 ]

@@ -29,6 +29,12 @@ GOLDEN_LOSSES = {
     "configs/clip_hbd/tiny.yaml": {"loss_ce": 2.079411506652832, "loss_dice": 0.8741841316223145, "loss_boundary": 0.0},
     "configs/dcp_clip/tiny.yaml": {"loss_sem_seg": 0.6630818843841553},
     "configs/fgaseg/tiny.yaml": {"loss_align": 0.018302898854017258, "loss_sem_seg": 0.8347907066345215},
+    "configs/synseg/tiny.yaml": {
+        "loss_intra_align": 0.5545186400413513,
+        "loss_intra_sep": 8.269380569458008,
+        "loss_inter_align": 0.00025053051649592817,
+        "loss_inter_sep": 8.292051315307617,
+    },
     "configs/sed/tiny.yaml": {
         "loss_sem_seg_0": 0.632476270198822,
         "loss_sem_seg_1": 0.6884152293205261,
