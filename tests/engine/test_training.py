@@ -17,6 +17,7 @@ SHIPPED = [
     "configs/fgaseg/tiny.yaml",
     "configs/clip_hbd/vitb_384.yaml", "configs/clip_hbd/tiny.yaml",
     "configs/dcp_clip/vitb_384.yaml", "configs/dcp_clip/vitl_336.yaml", "configs/dcp_clip/tiny.yaml",
+    "configs/synseg/vitb_224.yaml", "configs/synseg/tiny.yaml",
 ]
 
 
@@ -93,6 +94,13 @@ GOLDEN_METRICS = {
     },
     "configs/dcp_clip/tiny.yaml": {
         "mIoU": 3.704617425396026, "fwIoU": 2.382330364243938, "mACC": 15.303188463887308, "pACC": 10.591850118612916,
+    },
+    # SynSeg trains from the synthetic captions (no label map) and evaluates with its five views.
+    "configs/synseg/vitb_224.yaml": {
+        "mIoU": 5.969482606959129, "fwIoU": 7.274962662399685, "mACC": 12.350361662558615, "pACC": 15.040765599825118,
+    },
+    "configs/synseg/tiny.yaml": {
+        "mIoU": 5.1334693153635165, "fwIoU": 6.531246406207029, "mACC": 11.063181516160977, "pACC": 14.417501275190064,
     },
 }
 
