@@ -331,6 +331,10 @@ def profile(fn, timer, iters: int = 3) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60)
 
 
+def _in_order(features: Dict, names: List[str]) -> Tuple:
+    return tuple(features[name] for name in names)
+
+
 class _Traced(nn.Module):
     """A method call as a module with tensor arguments and a tuple of tensors out, as fvcore's
     tracer needs; the model is a submodule, so its parameters are traced as parameters."""
@@ -359,7 +363,9 @@ def count_flops(model, args, vocab, batch, generator) -> Dict:
         features = model.image_features(images)
         names = sorted(features)
         halves = {
-            "image_features": (_Traced(model, lambda x: tuple(model.image_features(x)[n] for n in names)), (images,)),
+            # one image_features call, its outputs in the order of names (a call per name would
+            # count the image tower once per output)
+            "image_features": (_Traced(model, lambda x: _in_order(model.image_features(x), names)), (images,)),
             "decode": (
                 _Traced(model, lambda text, *tensors: model.decode(dict(zip(names, tensors)), text)),
                 (text, *(features[n] for n in names)),
