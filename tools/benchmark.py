@@ -37,6 +37,9 @@ What is measured (CUDA: events around each iteration, synchronised, after warm-u
   build_optimizer``: the parameter groups + gradient clipping of the config), forward +
   backward + step, on a batch of random ``INPUT.CROP.SIZE`` crops with random labels of the
   training vocabulary (``DATASETS.TRAIN[0]``); ms per step, images per second, peak memory.
+  A config trained from image-caption pairs (``INPUT.DATASET_MAPPER_NAME "image_caption"``,
+  SynSeg) gets what its mapper yields instead: random images at the CLIP resolution, each
+  with ``--train-phrases`` noun phrases, all distinct (every one encoded, as in training).
 
 Precisions: ``fp32`` (TF32 off: exact float32), ``tf32`` (float32 with TF32 matrix units,
 what the official SED runs), ``bf16`` (``MODEL.OVSEG.TEST_PRECISION`` /
@@ -95,6 +98,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"])
     parser.add_argument("--batch-size", nargs="+", type=int, default=[1], help="inference images per batch")
     parser.add_argument("--train-batch-size", nargs="+", type=int, default=None, help="default: SOLVER.IMS_PER_BATCH")
+    parser.add_argument("--train-phrases", type=int, default=4, help="noun phrases per image (image-caption configs)")
     variant = parser.add_mutually_exclusive_group()
     variant.add_argument(
         "--variant", nargs="+", type=parse_variant, default=[None], metavar="NAME=VALUE",
@@ -274,11 +278,8 @@ def run_inference_case(model, timer, args, vocab, precision, batch, variant: Var
     return case
 
 
-def run_train_case(model, cfg, timer, args, precision, batch, generator) -> Dict:
-    from sed_d2.engine import build_optimizer
-
-    apply_precision(model, precision)
-    model.train()
+def synthetic_training_batch(model, cfg, batch: int, generator) -> List[Dict]:
+    """Random crops of ``INPUT.CROP.SIZE`` with random labels of the training vocabulary."""
     num_classes = len(model.train_vocabulary)
     height, width = cfg.INPUT.CROP.SIZE if cfg.INPUT.CROP.ENABLED else model.clip_resolution
     inputs = []
@@ -287,6 +288,28 @@ def run_train_case(model, cfg, timer, args, precision, batch, generator) -> Dict
         labels[: height // 8] = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE  # some padding
         image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
         inputs.append({"image": image, "sem_seg": labels})
+    return inputs
+
+
+def run_train_case(model, cfg, timer, args, precision, batch, generator) -> Dict:
+    from sed_d2.engine import build_optimizer
+
+    apply_precision(model, precision)
+    model.train()
+    if cfg.INPUT.DATASET_MAPPER_NAME == "image_caption":
+        num_classes = args.train_phrases  # per image
+        height, width = model.clip_resolution
+        inputs = [
+            {
+                "image": torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator),
+                "nouns": [f"phrase {i * num_classes + j}" for j in range(num_classes)],
+            }
+            for i in range(batch)
+        ]
+    else:
+        inputs = synthetic_training_batch(model, cfg, batch, generator)
+        num_classes = len(model.train_vocabulary)
+        height, width = inputs[0]["sem_seg"].shape
     optimizer = build_optimizer(cfg, model)
     state = {}
 

@@ -140,3 +140,18 @@ def test_default_extract_layers_are_clipsegs_scaled_to_the_depth():
     assert default_extract_layers(12) == (3, 7, 9)  # CLIPSeg rd64-uni, ViT-B/16
     assert default_extract_layers(4) == (0, 1, 2)  # the tiny test ViT
     assert default_extract_layers(24) == (7, 15, 19)
+
+
+def test_benchmark_trains_a_caption_config_on_phrases():
+    """tools/benchmark.py --mode train gives an image-caption config what its mapper yields."""
+    from tests.d2_helpers import load_tool
+
+    results = load_tool("benchmark").main([
+        "--config-file", os.path.join(ROOT, TINY), "--device", "cpu", "--mode", "train", "--iters", "1",
+        "--warmup", "0", "--train-batch-size", "2", "--train-phrases", "3",
+        "--opts", "MODEL.OVSEG.CLIP_RESOLUTION", "(64, 64)",
+    ])
+    (case,) = results["cases"]
+    assert results["settings"]["method"] == "SynSeg"
+    assert case["mode"] == "train" and case["num_classes"] == 3 and case["input"] == [64, 64]
+    assert case["loss"] > 0
