@@ -57,11 +57,14 @@ def boundary_targets(
     counted = torch.ones_like(valid) if ignore_edges == "as_label" else valid
     counted = counted.unsqueeze(1)
     lowest = torch.finfo(torch.float64).min
-    pool = lambda x: F.max_pool2d(x, kernel, stride=1, padding=kernel // 2)  # noqa: E731
-    highest_neighbour = pool(torch.where(counted, values, lowest))
-    lowest_neighbour = -pool(torch.where(counted, -values, lowest))
+    highest_neighbour = _neighbourhood_max(torch.where(counted, values, lowest), kernel)
+    lowest_neighbour = -_neighbourhood_max(torch.where(counted, -values, lowest), kernel)
     differs = (highest_neighbour != values) | (lowest_neighbour != values)
     return differs.squeeze(1) & valid, valid
+
+
+def _neighbourhood_max(x: Tensor, kernel: int) -> Tensor:
+    return F.max_pool2d(x, kernel, stride=1, padding=kernel // 2)
 
 
 def balanced_boundary_bce(

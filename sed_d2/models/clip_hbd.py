@@ -32,7 +32,13 @@ from torch import Tensor, nn
 
 from ..clip import apply_clip_finetune, vit_dense_features
 from ..clip.dense.convnext import convnext_stage, convnext_stem
-from ..layers import ClassLogitHead, CostEmbedding, channels_last_class_maps, cosine_cost_volume, in_class_chunks
+from ..layers import (
+    ClassLogitHead,
+    CostEmbedding,
+    channels_last_class_maps,
+    cosine_cost_volume,
+    in_class_chunks,
+)
 from ..layers.boundary import BoundaryGatedStage, BoundaryHead
 from ..layers.feature_fusion import FeatureFusion
 from ..losses import TRAINING_CHUNK_CLASSES, boundary_loss, softmax_ce_dice_loss

@@ -51,7 +51,6 @@ def test_ignored_pixels_and_classes_without_ground_truth(tmp_path):
 
 def test_asked_for_by_the_config_key_for_every_method(tmp_path):
     from sed_d2.engine import Trainer
-
     from tests.d2_helpers import tiny_cfg_for
 
     name = _register(tmp_path, [_halves(5)], ["a", "b"])

@@ -101,7 +101,7 @@ def test_all_ignored_gives_zero_with_zero_gradient_and_logits_are_resized():
 
 def test_targets_follow_the_labels_device_and_shape_errors():
     labels = torch.tensor([LABELS])
-    edge, valid = boundary_targets(labels.to("meta"), I)
+    edge, _ = boundary_targets(labels.to("meta"), I)
     assert edge.device.type == "meta" and edge.shape == (1, 5, 5)
     with pytest.raises(ValueError, match="one boundary channel"):
         balanced_boundary_bce(torch.zeros(1, 2, 5, 5), *boundary_targets(labels, I))
