@@ -17,12 +17,15 @@ reconstruction (``reference/synseg_spec.md`` §2.2-2.3) is:
 Every term compares vectors of one image only (no cross-image negatives, no temperature).
 Batch reduction: each loss is averaged per image over its terms, then over the images that
 have at least one term (an image with one category has no L3 / L4 term); with no such image
-the loss is an exact zero that stays connected to the inputs' graph.
+the loss is an exact zero that stays connected to the inputs' graph. Under data parallelism
+(``count_reduce``: a sum over the processes) the count of such images is the global one and
+each process's loss is scaled so that the averaged gradients equal one process's on the
+whole batch.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -44,6 +47,8 @@ MCCL_LOSS_NAMES = ("loss_intra_align", "loss_intra_sep", "loss_inter_align", "lo
 # vectors, e.g. every foreground at initialisation, still get a repelling gradient).
 SIMILARITY_MAPS = ("affine", "clamp", "scale")
 SEPARATION_NORMALIZATIONS = ("all", "active")
+# Sum of a tensor over the data-parallel processes (e.g. a detached all_reduce), or None.
+CountReduce = Optional[Callable[[Tensor], Tensor]]
 
 
 def cosine_similarity(u: Tensor, v: Tensor) -> Tensor:
@@ -63,19 +68,28 @@ def bounded_similarity(cosine: Tensor, eps: float = 5e-4, mode: str = "affine") 
     raise ValueError(f"similarity map must be one of {SIMILARITY_MAPS}, got {mode!r}")
 
 
-def per_image_mean(terms: Tensor, term_image: Tensor, num_images: int, counts: Tensor | None = None) -> Tensor:
+def per_image_mean(
+    terms: Tensor, term_image: Tensor, num_images: int, counts: Tensor | None = None, count_reduce: CountReduce = None
+) -> Tensor:
     """``sum_i mean_i / #{i: count_i > 0}``: ``terms`` (N,) averaged per image
     (``term_image`` (N,) its image index; ``counts`` (num_images,) the divisor per image,
     default the number of terms), then over the images with a positive count. No such image:
-    ``0 * terms.sum()`` (zero, still connected to the graph)."""
+    ``0 * terms.sum()`` (zero, still connected to the graph).
+
+    ``count_reduce`` (data parallelism): sums ``[images with a term, 1]`` over the processes;
+    the result is then ``world_size * sum_i mean_i / global count``, whose gradients averaged
+    over the processes (DDP) are those of the whole batch in one process."""
     sums = terms.new_zeros(num_images).index_add(0, term_image, terms)
     if counts is None:
         counts = torch.bincount(term_image, minlength=num_images).to(terms.dtype)
     valid = counts > 0
     per_image = sums / counts.clamp(min=1)
-    num_valid = valid.sum()
+    num_valid = valid.sum().to(terms.dtype)
+    world_size = 1.0
+    if count_reduce is not None:
+        num_valid, world_size = count_reduce(torch.stack([num_valid, torch.ones_like(num_valid)]).detach())
     return torch.where(
-        num_valid > 0, (per_image * valid).sum() / num_valid.clamp(min=1), terms.sum() * 0.0
+        num_valid > 0, (per_image * valid).sum() * world_size / num_valid.clamp(min=1), terms.sum() * 0.0
     )
 
 
@@ -91,6 +105,7 @@ def mccl_losses(
     sep_normalize: str = "all",
     eps: float = 5e-4,
     sim_map: str = "affine",
+    count_reduce: CountReduce = None,
 ) -> dict[str, Tensor]:
     """The four weighted MCCL losses (see the module docstring), float32.
 
@@ -104,7 +119,8 @@ def mccl_losses(
         sep_normalize: L2's divisor per image, ``"all"`` its ``K_i`` categories or
             ``"active"`` its gated-on pairs.
         eps: bound of the similarity (:func:`bounded_similarity`).
-        sim_map: ``"affine"`` or ``"clamp"``.
+        sim_map: see :data:`SIMILARITY_MAPS`.
+        count_reduce: under data parallelism, the sum over processes (see :func:`per_image_mean`).
 
     Returns:
         ``{name: weighted loss}`` for the names of :data:`MCCL_LOSS_NAMES`.
@@ -119,7 +135,9 @@ def mccl_losses(
         return bounded_similarity(c, eps, sim_map)
 
     # L1: each foreground towards its category's text.
-    intra_align = per_image_mean(-torch.log(sim(cosine_similarity(fg, text))), pair_image, num_images)
+    intra_align = per_image_mean(
+        -torch.log(sim(cosine_similarity(fg, text))), pair_image, num_images, count_reduce=count_reduce
+    )
 
     # L2: foreground away from its own background, gated on the raw cosine.
     fg_bg = cosine_similarity(fg, bg)
@@ -127,15 +145,19 @@ def mccl_losses(
     counts = None
     if sep_normalize == "active":
         counts = fg_bg.new_zeros(num_images).index_add(0, pair_image, active)
-    intra_sep = per_image_mean(active * -torch.log1p(-sim(fg_bg)), pair_image, num_images, counts)
+    intra_sep = per_image_mean(active * -torch.log1p(-sim(fg_bg)), pair_image, num_images, counts, count_reduce)
 
     # L3 / L4 over the unordered pairs of categories of one image (s is symmetric).
     first, second = torch.triu_indices(len(pair_image), len(pair_image), offset=1, device=pair_image.device)
     same_image = pair_image[first] == pair_image[second]
     first, second = first[same_image], second[same_image]
     pair_of = pair_image[first]
-    inter_align = per_image_mean(-torch.log(sim(cosine_similarity(bg[first], bg[second]))), pair_of, num_images)
-    inter_sep = per_image_mean(-torch.log1p(-sim(cosine_similarity(fg[first], fg[second]))), pair_of, num_images)
+    inter_align = per_image_mean(
+        -torch.log(sim(cosine_similarity(bg[first], bg[second]))), pair_of, num_images, count_reduce=count_reduce
+    )
+    inter_sep = per_image_mean(
+        -torch.log1p(-sim(cosine_similarity(fg[first], fg[second]))), pair_of, num_images, count_reduce=count_reduce
+    )
     if len(first) == 0:  # keep the graph through fg / bg (DDP expects every parameter used)
         inter_align = inter_align + bg.sum() * 0.0
         inter_sep = inter_sep + fg.sum() * 0.0

@@ -68,6 +68,19 @@ def vit_intermediate_tokens(visual: nn.Module, images: Tensor, indices: Sequence
     return [taps[int(i)] for i in indices]
 
 
+def _sum_over_processes(x: Tensor) -> Tensor:
+    x = x.clone()
+    torch.distributed.all_reduce(x)
+    return x
+
+
+def _process_sum():
+    """The sum over data-parallel processes when there are several (MCCL normalises by the
+    global count of images with a term, so DDP equals one process on the whole batch)."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return _sum_over_processes if distributed and torch.distributed.get_world_size() > 1 else None
+
+
 class SynSegDecoder(nn.Module):
     """CLIPSeg's light decoder with FiLM text conditioning.
 
@@ -270,4 +283,6 @@ class SynSegModel(nn.Module):
             deepest = features[f"tokens_{len(self.extract_layers) - 1}"][:, 1:]
             projected = self.synergy.proj(deepest).index_select(0, pair_image)
         fg, bg = self.synergy.pool(projected, maps)
-        return mccl_losses(fg, bg, text, pair_image, images.shape[0], **self.loss_options)
+        return mccl_losses(
+            fg, bg, text, pair_image, images.shape[0], count_reduce=_process_sum(), **self.loss_options
+        )

@@ -93,3 +93,37 @@ def test_bounded_similarity_ranges():
     assert cosine_similarity(torch.zeros(4), torch.ones(4)).item() == 0.0
     with pytest.raises(ValueError, match="similarity map"):
         bounded_similarity(cos, mode="sigmoid")
+
+
+def test_two_processes_average_to_the_whole_batch():
+    """Under DDP each process normalises by the global count of images with a term (a fake
+    2-process all-reduce here): the mean of their losses and gradients is the whole batch's."""
+    torch.manual_seed(0)
+    fg, bg, text = torch.randn(7, 6), torch.randn(7, 6), torch.randn(7, 6)
+    pair_image = torch.tensor([0, 0, 1, 2, 2, 2, 3])  # process 0: images 0, 1; process 1: 2, 3
+    shards = [(slice(0, 3), pair_image[:3]), (slice(3, 7), pair_image[3:] - 2)]
+
+    def run(rows, images, count_reduce=None):
+        f, b = fg[rows].clone().requires_grad_(), bg[rows].clone().requires_grad_()
+        losses = mccl_losses(f, b, text[rows], images, 2, count_reduce=count_reduce, sep_threshold=-1.0)
+        sum(losses.values()).backward()
+        return losses, f.grad, b.grad
+
+    # what each process contributes to the all-reduce, recorded call by call
+    local_counts = []
+    for rows, images in shards:
+        calls = []
+        run(rows, images, lambda x: calls.append(x.clone()) or x)
+        local_counts.append(calls)
+    processes = []
+    for rank, (rows, images) in enumerate(shards):
+        calls = iter(range(4))
+        other = local_counts[1 - rank]
+        processes.append(run(rows, images, lambda x: x + other[next(calls)]))
+    whole_fg, whole_bg = fg.clone().requires_grad_(), bg.clone().requires_grad_()
+    whole = mccl_losses(whole_fg, whole_bg, text, pair_image, 4, sep_threshold=-1.0)
+    sum(whole.values()).backward()
+    for name in MCCL_LOSS_NAMES:
+        torch.testing.assert_close((processes[0][0][name] + processes[1][0][name]) / 2, whole[name])
+    torch.testing.assert_close(torch.cat([processes[0][1], processes[1][1]]) / 2, whole_fg.grad)
+    torch.testing.assert_close(torch.cat([processes[0][2], processes[1][2]]) / 2, whole_bg.grad)
