@@ -30,6 +30,7 @@ def add_sed_d2_config(cfg: CfgNode) -> None:
     add_ovseg_config(cfg)
     add_sed_config(cfg)
     add_catseg_config(cfg)
+    add_fgaseg_config(cfg)
     add_synseg_config(cfg)
     add_fgaseg_config(cfg)
     add_clip_hbd_config(cfg)

@@ -434,7 +434,7 @@ class FGASegModel(CATSegModel):
         text_guidance = decoder.text_guidance_of(text)
         guidance = [features[f"guidance_{i}"] for i in range(len(self.guidance_upsamplers))]
         if decoder.fast and not self.training:
-            logits = self._fast_inference(x, local, appearance, text_guidance, guidance)
+            logits = self._fast_inference(x, local, appearance, text_guidance, guidance, classes)
             return FGASegOutput(decoder.scatter_classes(logits, classes, num_classes))
         x = decoder.fuse_at(0, x, local)
         aux = [decoder.aux_heads[0](x)] if decoder.fast else []
@@ -448,17 +448,17 @@ class FGASegModel(CATSegModel):
         aux = [decoder.scatter_classes(a, classes, num_classes) for a in aux]
         return FGASegOutput(decoder.scatter_classes(logits, classes, num_classes), tuple(aux), align)
 
-    def _fast_inference(self, x, local, appearance, text_guidance, guidance) -> Tensor:
-        """The official ``conv_decoder_inference``: after each auxiliary head only the kept
-        classes (:meth:`FGASegDecoder.kept_classes`) go on. ``(B, T', H, W)`` "logits" as
-        :data:`FAST_SCORES` says."""
+    def _fast_inference(self, x, local, appearance, text_guidance, guidance, classes) -> Tensor:
+        """The official ``conv_decoder_inference``: after each auxiliary head only the classes
+        among the top ``top_k`` of some pixel go on (:meth:`FGASegDecoder.kept_classes`).
+        ``(B, T', H, W)`` "logits" as :data:`FAST_SCORES` says.
+
+        When every image holds the same classes (no class pruning) and the union is over the
+        batch, the kept classes are the same for all and the batch runs as one (the official
+        computation). Otherwise each image runs on its own classes (:meth:`_fast_per_image`)."""
         decoder = self.decoder
-        if decoder.top_k_union == "image" and x.shape[0] > 1:
-            return torch.cat([
-                self._fast_inference(x[i : i + 1], local[i : i + 1], appearance[i : i + 1], text_guidance[i : i + 1],
-                                     [g[i : i + 1] for g in guidance])
-                for i in range(x.shape[0])
-            ])
+        if classes is not None or decoder.top_k_union == "image":
+            return self._fast_per_image(x, local, appearance, text_guidance, guidance, classes)
         batch, num_classes = x.shape[:2]
         x = decoder.fuse_at(0, x, local)
         keep = decoder.kept_classes(decoder.aux_heads[0](x))[0].nonzero().squeeze(1)
@@ -471,14 +471,62 @@ class FGASegModel(CATSegModel):
         kept2 = decoder.kept_classes(decoder.aux_heads[2](x))[0].nonzero().squeeze(1)
         x = decoder.stage(1, x[:, kept2], guidance[1])
         logits = decoder.head(x.flatten(0, 1)).view(*x.shape[:2], *guidance[1].shape[-2:])
-        survivors = keep[kept1[kept2]]
-        if decoder.fast_scores == "official":
+        return self._fast_scores(list(logits), [keep[kept1[kept2]]] * batch, num_classes)
+
+    def _fast_per_image(self, x, local, appearance, text_guidance, guidance, classes) -> Tensor:
+        """Fast inference with each image's own maps: with class pruning the images hold
+        different classes (``classes`` ``(B, T')``, class ids), so the "batch" union is taken
+        over class ids (the official code unites the positions in each image's unsorted
+        top-``pad_len`` list, which name different classes in different images, and depend on
+        the unspecified order of ``topk(sorted=False)``); with the "image" union each image
+        keeps its own."""
+        decoder = self.decoder
+        batch, num_classes = x.shape[:2]
+        ids = classes if classes is not None else torch.arange(num_classes, device=x.device).expand(batch, -1)
+        x = decoder.fuse_at(0, x, local)
+        aux = decoder.aux_heads[0](x)
+        kept = self._kept_positions(list(aux), list(ids))  # positions into T', per image
+        maps = [
+            self.aggregate(channels_last_class_maps(x[b : b + 1, kept[b]]), appearance[b : b + 1],
+                           text_guidance[b : b + 1, kept[b]])
+            for b in range(batch)
+        ]
+        locals_ = [local[b : b + 1, kept[b]] for b in range(batch)]
+        maps = [decoder.fuse_at(1, m, l) for m, l in zip(maps, locals_)]
+        step = self._kept_positions([decoder.aux_heads[1](m)[0] for m in maps], [ids[b, kept[b]] for b in range(batch)])
+        maps = [decoder.stage(0, m[:, p], guidance[0][b : b + 1]) for b, (m, p) in enumerate(zip(maps, step))]
+        maps = [decoder.fuse_at(2, m, decoder.local_upsample(l[:, p])) for m, l, p in zip(maps, locals_, step)]
+        kept = [k[p] for k, p in zip(kept, step)]
+        step = self._kept_positions([decoder.aux_heads[2](m)[0] for m in maps], [ids[b, kept[b]] for b in range(batch)])
+        logits = []
+        for b, (m, p) in enumerate(zip(maps, step)):
+            m = decoder.stage(1, m[:, p], guidance[1][b : b + 1])
+            logits.append(decoder.head(m.flatten(0, 1)).view(m.shape[1], *guidance[1].shape[-2:]))
+        return self._fast_scores(logits, [k[p] for k, p in zip(kept, step)], num_classes)
+
+    def _kept_positions(self, aux_logits: Sequence[Tensor], ids: Sequence[Tensor]) -> list[Tensor]:
+        """Per image ``(t_b, h, w)`` auxiliary logits of its classes ``ids[b]`` -> the sorted
+        positions (into its ``t_b``) of the classes kept: among the top ``top_k`` of some pixel
+        of this image ("image" union) or of any image, matched by class id ("batch")."""
+        decoder = self.decoder
+        own = [a.topk(min(decoder.top_k, a.shape[0]), dim=0).indices.unique() for a in aux_logits]
+        if decoder.top_k_union == "image":
+            return own
+        union = torch.cat([i[o] for i, o in zip(ids, own)]).unique()
+        return [torch.isin(i, union).nonzero().squeeze(1) for i in ids]
+
+    def _fast_scores(self, logits: Sequence[Tensor], survivors: Sequence[Tensor], num_classes: int) -> Tensor:
+        """``(B, num_classes, H, W)`` from each image's ``(t_b, H, W)`` logits of its surviving
+        positions, as :data:`FAST_SCORES` says."""
+        first = logits[0]
+        if self.decoder.fast_scores == "official":
             # float32: under bf16 the compressed scores (0.5 to 0.73) would be 2^-8 apart
-            out = logits.new_zeros((batch, num_classes, *logits.shape[-2:]), dtype=torch.float32)
-            logits = logits.float().sigmoid()
+            out = first.new_zeros((len(logits), num_classes, *first.shape[-2:]), dtype=torch.float32)
+            logits = [l.float().sigmoid() for l in logits]
         else:
-            out = logits.new_full((batch, num_classes, *logits.shape[-2:]), PRUNED_CLASS_LOGIT)
-        out[:, survivors] = logits
+            out = first.new_full((len(logits), num_classes, *first.shape[-2:]), PRUNED_CLASS_LOGIT)
+        for b, (l, s) in enumerate(zip(logits, survivors)):
+            out[b, s] = l.to(out.dtype)
         return out
 
     def losses(

@@ -352,3 +352,30 @@ def test_parameter_counts_equal_the_official_models():
             model = FGASegModel(clip, build_fgaseg_decoder_for(clip, decoder_mode=mode, fusion=fusion))
         ours = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("clip_model."))
         assert ours == count, (arch, mode, fusion)
+
+
+def test_fast_mode_per_image_path_equals_the_batched_path_when_the_images_share_their_classes():
+    """Without class pruning every image holds the same classes: uniting the kept classes by
+    class id image by image (the path of pruned vocabularies) equals the official batched run."""
+    model = _model(decoder_mode="fast", top_k=2).eval()
+    images = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        text = _text(model, 7)
+        features = model.image_features(images)
+        batched = model.decode(features, text).logits
+        calls = []
+        original = model._fast_per_image
+        model._fast_per_image = lambda *args: calls.append(1) or original(*args)
+        model.decoder.pad_len = 6  # 7 classes: pruned per image, so the per-image path runs
+        pruned = model.decode(features, text).logits
+        assert calls == [1]
+        model.decoder.pad_len = 8
+        dense = features["clip_vis_dense"]
+        x = model.decoder.embed(model.decoder.cost_volume(dense, model.refine_text(dense, text).unsqueeze(2))[0])
+        refined = model.refine_text(dense, text)
+        local = model.decoder.embed_local(model.decoder.local_cost(dense, refined))
+        guidance = [features["guidance_0"], features["guidance_1"]]
+        per_image = original(x, local, model.decoder.appearance_guidance(dense),
+                             model.decoder.text_guidance_of(refined), guidance, None)
+    torch.testing.assert_close(per_image, batched, atol=1e-5, rtol=1e-5)
+    assert ((pruned == PRUNED_CLASS_LOGIT).sum(1) == 1).all()  # one class pruned per image and pixel
