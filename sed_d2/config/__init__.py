@@ -14,11 +14,10 @@ from detectron2.config import CfgNode
 from detectron2.config import get_cfg as detectron2_get_cfg
 
 from .catseg import add_catseg_config
-from .fgaseg import add_fgaseg_config
 from .clip_hbd import add_clip_hbd_config
-from .fgaseg import add_fgaseg_config
 from .common import add_ovseg_config
 from .dcp_clip import add_dcp_clip_config
+from .fgaseg import add_fgaseg_config
 from .sed import add_sed_config
 from .synseg import add_synseg_config
 
@@ -31,11 +30,9 @@ def add_sed_d2_config(cfg: CfgNode) -> None:
     add_sed_config(cfg)
     add_catseg_config(cfg)
     add_fgaseg_config(cfg)
-    add_synseg_config(cfg)
-    add_fgaseg_config(cfg)
     add_clip_hbd_config(cfg)
     add_dcp_clip_config(cfg)
-    add_fgaseg_config(cfg)
+    add_synseg_config(cfg)
 
 
 def get_cfg(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> CfgNode:

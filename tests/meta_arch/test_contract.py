@@ -28,7 +28,6 @@ GOLDEN_LOSSES = {
     # random labels: nearly every pixel is an edge, and class balancing gives edges weight ~0
     "configs/clip_hbd/tiny.yaml": {"loss_ce": 2.079411506652832, "loss_dice": 0.8741841316223145, "loss_boundary": 0.0},
     "configs/dcp_clip/tiny.yaml": {"loss_sem_seg": 0.6630818843841553},
-    "configs/fgaseg/tiny.yaml": {"loss_align": 0.018302898854017258, "loss_sem_seg": 0.8347907066345215},
     "configs/synseg/tiny.yaml": {
         "loss_intra_align": 0.5545186400413513,
         "loss_intra_sep": 8.269380569458008,
