@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import ClassLogitHead, CostEmbedding, DoubleConv, channels_last_class_maps
+from ..layers import ClassLogitHead, CostEmbedding, DoubleConv, channels_last_class_maps, top_k_union
 from ..layers.cross_attention import TextImageCrossAttention
 from ..layers.dynamic_conv import KERNEL_NORMS, class_conditional_conv2d, normalize_kernels
 from ..layers.position_encoding import sine_position_embedding
@@ -330,7 +330,7 @@ class FGASegDecoder(CATSegDecoder):
         fused = self.fuse[index](torch.cat([x, local], dim=2).movedim(2, -1)).movedim(-1, 2)
         return channels_last_class_maps(fused)
 
-    def text_guidance_of(self, text: Tensor, classes: Tensor | None = None, batch: int | None = None) -> Tensor:
+    def text_guidance_of(self, text: Tensor) -> Tensor:
         """``ReLU(Linear(normalize(text)))`` of the per-image refined text ``(B, T', C)`` (the
         kept classes already gathered): ``(B, T', text_guidance_dim)``."""
         return F.relu(self.text_guidance(F.normalize(text, dim=-1)))
@@ -340,17 +340,10 @@ class FGASegDecoder(CATSegDecoder):
         return self.stages[index](x, self.skip_projections[index](guidance))
 
     def kept_classes(self, aux_logits: Tensor) -> Tensor:
-        """Fast inference: ``(B, T)`` bool, the classes among the top ``top_k`` of some pixel
-        (of any image of the call for the "batch" union, the official rule)."""
-        keep = _top_k_classes(aux_logits, self.top_k)
-        if self.top_k_union == "batch":
-            keep = keep.any(dim=0, keepdim=True).expand_as(keep)
-        return keep
-
-
-def _top_k_classes(logits: Tensor, k: int) -> Tensor:
-    top = logits.topk(min(k, logits.shape[1]), dim=1).indices.flatten(1)
-    return torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device).scatter_(1, top, True)
+        """Fast inference on images that share their classes, auxiliary logits ``(B, T, h, w)``:
+        the indices of the classes among the top ``top_k`` of some pixel of any image (the
+        official rule)."""
+        return top_k_union(aux_logits, self.top_k).any(dim=0).nonzero().squeeze(1)
 
 
 def build_fgaseg_decoder_for(clip_model: nn.Module, **kwargs) -> FGASegDecoder:
@@ -461,14 +454,14 @@ class FGASegModel(CATSegModel):
             return self._fast_per_image(x, local, appearance, text_guidance, guidance, classes)
         batch, num_classes = x.shape[:2]
         x = decoder.fuse_at(0, x, local)
-        keep = decoder.kept_classes(decoder.aux_heads[0](x))[0].nonzero().squeeze(1)
+        keep = decoder.kept_classes(decoder.aux_heads[0](x))
         x = self.aggregate(channels_last_class_maps(x[:, keep]), appearance, text_guidance[:, keep])
         local = local[:, keep]
         x = decoder.fuse_at(1, x, local)
-        kept1 = decoder.kept_classes(decoder.aux_heads[1](x))[0].nonzero().squeeze(1)
+        kept1 = decoder.kept_classes(decoder.aux_heads[1](x))
         x = decoder.stage(0, x[:, kept1], guidance[0])
         x = decoder.fuse_at(2, x, decoder.local_upsample(local[:, kept1]))
-        kept2 = decoder.kept_classes(decoder.aux_heads[2](x))[0].nonzero().squeeze(1)
+        kept2 = decoder.kept_classes(decoder.aux_heads[2](x))
         x = decoder.stage(1, x[:, kept2], guidance[1])
         logits = decoder.head(x.flatten(0, 1)).view(*x.shape[:2], *guidance[1].shape[-2:])
         return self._fast_scores(list(logits), [keep[kept1[kept2]]] * batch, num_classes)
