@@ -14,7 +14,6 @@ from detectron2.config import CfgNode
 from detectron2.config import get_cfg as detectron2_get_cfg
 
 from .catseg import add_catseg_config
-from .fgaseg import add_fgaseg_config
 from .clip_hbd import add_clip_hbd_config
 from .common import add_ovseg_config
 from .dcp_clip import add_dcp_clip_config

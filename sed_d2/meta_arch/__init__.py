@@ -2,7 +2,6 @@
 from .base import OpenVocabSegmentor
 from .inference import InferenceProtocol, SlidingWindow, WholeImage, build_inference_protocol
 from .catseg import CATSeg
-from .fgaseg import FGASeg
 from .clip_hbd import CLIPHBD
 from .dcp_clip import DCPCLIP
 from .fgaseg import FGASeg
@@ -11,7 +10,6 @@ from .synseg import SynSeg
 
 __all__ = [
     "CATSeg",
-    "FGASeg",
     "CLIPHBD",
     "DCPCLIP",
     "FGASeg",
