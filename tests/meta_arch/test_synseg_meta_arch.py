@@ -176,13 +176,14 @@ def _chance_miou(dataset_name):
 
 
 def test_tiny_training_from_captions_beats_chance_on_the_synthetic_val_set(tmp_path):
-    """tools/train_net.py on configs/synseg/tiny.yaml, its schedule shortened to a third: trained
-    from the synthetic captions only (no label map), evaluated with the five views, the mIoU
-    beats labelling every pixel at random. (The full 300 iterations: README.)"""
+    """tools/train_net.py on configs/synseg/tiny.yaml, its schedule halved (300 of 600
+    iterations, ~20 s on an idle 2-core CPU): trained from the synthetic captions only (no label
+    map), evaluated with the five views, the mIoU beats labelling every pixel at random. (The
+    full run: README. 100 iterations are too few: 6 to 8 mIoU depending on float rounding.)"""
     from tests.d2_helpers import load_tool
 
     train_net = load_tool("train_net")
-    argv = ["--config-file", os.path.join(ROOT, TINY), "SOLVER.MAX_ITER", "100", "DATALOADER.NUM_WORKERS", "0",
+    argv = ["--config-file", os.path.join(ROOT, TINY), "SOLVER.MAX_ITER", "300", "DATALOADER.NUM_WORKERS", "0",
             "OUTPUT_DIR", str(tmp_path)]
     train_net.main(train_net.argument_parser().parse_args(argv))
     argv = ["--eval-only"] + argv + ["MODEL.WEIGHTS", str(tmp_path / "model_final.pth")]
@@ -190,7 +191,7 @@ def test_tiny_training_from_captions_beats_chance_on_the_synthetic_val_set(tmp_p
     chance = _chance_miou("sed_d2_synthetic_val")
     assert 5.0 < chance < 8.0
     print(f"mIoU {metrics['mIoU']:.2f} mACC {metrics['mACC']:.2f}, chance mIoU {chance:.2f}")
-    assert metrics["mIoU"] > chance + 1.0 and metrics["mACC"] > 100 / 8 + 2.0
+    assert metrics["mIoU"] > chance + 3.0 and metrics["mACC"] > 100 / 8 + 4.0
 
 
 def test_resume_from_captions_continues_exactly(tmp_path):
@@ -219,3 +220,19 @@ def test_resume_from_captions_continues_exactly(tmp_path):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     middle = torch.load(tmp_path / "straight" / "model_0000001.pth", map_location="cpu", weights_only=True)["model"]
     assert any(not torch.equal(middle[k], straight[k]) for k in straight)  # iterations 3-4 did train
+
+
+def test_phrases_are_encoded_over_the_shortened_context_exactly():
+    """encode_uncached runs the text tower only up to the longest phrase's end token: the
+    embeddings of the full 77-token context up to rounding."""
+    from sed_d2.clip.text import encode_text_truncated
+
+    model = _build()
+    phrases = ["a dog", "red brick wall with a small window", "sky"]
+    with torch.no_grad():
+        shortened = model.text_encoder.encode_uncached(phrases)
+        full = model.text_encoder(phrases)
+        tokens = model.text_encoder.tokenizer(phrases)
+        torch.testing.assert_close(encode_text_truncated(model.clip_model, tokens), model.clip_model.encode_text(tokens))
+    torch.testing.assert_close(shortened, full, rtol=1e-5, atol=1e-6)
+    assert int(tokens.argmax(-1).max()) + 1 < 20  # what the tower ran over, instead of 77
