@@ -23,7 +23,7 @@ naming the record (its ``image_id`` and file).
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -38,14 +38,14 @@ __all__ = ["ImageCaptionMapper", "clean_phrases"]
 logger = logging.getLogger(__name__)
 
 
-def _describe(record: Dict) -> str:
+def _describe(record: dict) -> str:
     where = record.get("file_name", "?")
     if "tar_member" in record:
         where = f"{where}:{record['tar_member']}"
     return f"caption record {record.get('image_id', '?')!r} ({where})"
 
 
-def clean_phrases(record: Dict) -> List[str]:
+def clean_phrases(record: dict) -> list[str]:
     """The record's noun phrases: stripped, non-empty, first occurrence of each kept.
 
     Raises:
@@ -94,7 +94,7 @@ class ImageCaptionMapper:
             "image_format": cfg.INPUT.FORMAT,
         }
 
-    def select_records(self, records: List[Dict]) -> List[Dict]:
+    def select_records(self, records: list[dict]) -> list[dict]:
         """The records this mapper can train on: those with at least one phrase (an image
         without categories gives no loss term). Raises on a record without readable phrases."""
         kept = [r for r in records if clean_phrases(r)]
@@ -104,7 +104,7 @@ class ImageCaptionMapper:
             raise ValueError(f"none of the {len(records)} image-caption records has a noun phrase")
         return kept
 
-    def sample_phrases(self, record: Dict) -> List[str]:
+    def sample_phrases(self, record: dict) -> list[str]:
         """The cleaned phrases, or ``max_phrases`` of them drawn with ``np.random`` (caption order kept)."""
         phrases = clean_phrases(record)
         if len(phrases) > self.max_phrases:
@@ -112,7 +112,7 @@ class ImageCaptionMapper:
             phrases = [phrases[i] for i in keep]
         return phrases
 
-    def read_image(self, record: Dict) -> np.ndarray:
+    def read_image(self, record: dict) -> np.ndarray:
         """(H, W, 3) uint8 in ``image_format`` at ``image_size``; errors name the record."""
         try:
             if "tar_member" in record:
@@ -127,7 +127,7 @@ class ImageCaptionMapper:
             raise OSError(f"cannot read the image of {_describe(record)}: {type(e).__name__}: {e}") from e
         return np.ascontiguousarray(array[:, :, ::-1]) if self.image_format == "BGR" else array
 
-    def __call__(self, record: Dict) -> Dict:
+    def __call__(self, record: dict) -> dict:
         phrases = self.sample_phrases(record)
         if not phrases:
             raise ValueError(f"{_describe(record)} has no noun phrase (select_records drops such records)")

@@ -25,7 +25,7 @@ whole batch.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -48,7 +48,7 @@ MCCL_LOSS_NAMES = ("loss_intra_align", "loss_intra_sep", "loss_inter_align", "lo
 SIMILARITY_MAPS = ("affine", "clamp", "scale")
 SEPARATION_NORMALIZATIONS = ("all", "active")
 # Sum of a tensor over the data-parallel processes (e.g. a detached all_reduce), or None.
-CountReduce = Optional[Callable[[Tensor], Tensor]]
+CountReduce = Callable[[Tensor], Tensor] | None
 
 
 def cosine_similarity(u: Tensor, v: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """SynSeg as a detectron2 meta-architecture (registered name ``SynSeg``)."""
 from __future__ import annotations
 
-from typing import List, Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +103,7 @@ class SynSeg(OpenVocabSegmentor):
         ret.update(model=model, max_categories=synseg.MAX_CATEGORIES)
         return ret
 
-    def forward_train_captions(self, images: torch.Tensor, phrases: List[List[str]]):
+    def forward_train_captions(self, images: torch.Tensor, phrases: list[list[str]]):
         """MCCL losses of images ``(B, 3, H, W)`` whose categories are ``phrases`` (per image,
         distinct, non-empty: the caption mapper's). Each distinct phrase of the batch is
         encoded once, uncached (they change every batch)."""

@@ -23,7 +23,7 @@ mean activation: :class:`FeatureSynergy` pools per token, exactly.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +51,7 @@ def vit_intermediate_tokens(visual: nn.Module, images: Tensor, indices: Sequence
     last index do not run. Images of another size than the tower's own get its positional
     embedding resized (:func:`sed_d2.clip.resized_positional_embedding`)."""
     blocks = visual.transformer.resblocks
-    wanted = sorted(set(int(i) for i in indices))
+    wanted = sorted({int(i) for i in indices})
     if not wanted or wanted[0] < 0 or wanted[-1] >= len(blocks):
         raise ValueError(f"extract layers {tuple(indices)} must be blocks of the {len(blocks)}-block ViT")
     patches = visual.conv1(images)  # (B, W, h, w)
@@ -232,9 +232,13 @@ class SynSegModel(nn.Module):
         self.decoder = decoder
         self.synergy = synergy
         self.extract_layers = tuple(int(i) for i in extract_layers)
-        self.loss_options = dict(
-            weights=tuple(loss_weights), sep_threshold=sep_threshold, sep_normalize=sep_normalize, eps=sim_eps, sim_map=sim_map
-        )
+        self.loss_options = {
+            "weights": tuple(loss_weights),
+            "sep_threshold": sep_threshold,
+            "sep_normalize": sep_normalize,
+            "eps": sim_eps,
+            "sim_map": sim_map,
+        }
         self.test_chunk_classes = int(test_chunk_classes)
         self.parameter_groups = assign_parameter_groups(self, self.PARAMETER_GROUPS["frozen"])
 

@@ -4,7 +4,12 @@ import math
 import pytest
 import torch
 
-from sed_d2.losses import MCCL_LOSS_NAMES, bounded_similarity, cosine_similarity, mccl_losses
+from sed_d2.losses import (
+    MCCL_LOSS_NAMES,
+    bounded_similarity,
+    cosine_similarity,
+    mccl_losses,
+)
 
 EPS = 5e-4
 R = 1 / math.sqrt(2)
@@ -113,13 +118,13 @@ def test_two_processes_average_to_the_whole_batch():
     local_counts = []
     for rows, images in shards:
         calls = []
-        run(rows, images, lambda x: calls.append(x.clone()) or x)
+        run(rows, images, lambda x, calls=calls: calls.append(x.clone()) or x)
         local_counts.append(calls)
     processes = []
     for rank, (rows, images) in enumerate(shards):
         calls = iter(range(4))
         other = local_counts[1 - rank]
-        processes.append(run(rows, images, lambda x: x + other[next(calls)]))
+        processes.append(run(rows, images, lambda x, calls=calls, other=other: x + other[next(calls)]))
     whole_fg, whole_bg = fg.clone().requires_grad_(), bg.clone().requires_grad_()
     whole = mccl_losses(whole_fg, whole_bg, text, pair_image, 4, sep_threshold=-1.0)
     sum(whole.values()).backward()

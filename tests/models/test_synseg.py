@@ -4,7 +4,12 @@ import torch
 import torch.nn.functional as F
 
 from sed_d2.clip import build_clip_model
-from sed_d2.models.synseg import FeatureSynergy, SynSegDecoder, SynSegModel, vit_intermediate_tokens
+from sed_d2.models.synseg import (
+    FeatureSynergy,
+    SynSegDecoder,
+    SynSegModel,
+    vit_intermediate_tokens,
+)
 
 TINY_CLIP = "sed_d2_tiny_vit_quickgelu"  # 64x64 images, patch 16, width 64, 4 blocks, embedding 48
 SIZE, GRID, EMBED = 64, 4, 48
@@ -101,7 +106,7 @@ def test_paper_model_has_the_151M_parameters_of_table_1():
     with torch.device("meta"):
         decoder = SynSegDecoder(vision_width=768, text_dim=512)
         model = SynSegModel(clip, decoder, FeatureSynergy(64, 512), extract_layers=(3, 7, 9))
-    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    count = lambda module: sum(p.numel() for p in module.parameters())
     # CLIPSeg rd64 with FiLM: 3 x 281,152 + 3 reduces 147,648 + FiLM 65,664 + trans-conv 16,385
     assert count(decoder) == 1_073_153
     assert count(model.synergy) == 33_280  # Linear(64, 512)
