@@ -194,12 +194,15 @@ def synthetic_inputs(batch: int, size, generator) -> List[Dict]:
 
 
 def set_vocabulary(model, classes: List[str]) -> torch.Tensor:
-    """Set and encode the inference vocabulary (cached; TF32 allowed while encoding)."""
+    """Set and encode the inference vocabulary (cached; TF32 allowed while encoding). Without
+    gradients, as at evaluation: a trainable text tower (CAT-Seg's q/v) would otherwise encode
+    the vocabulary with autograd, uncached (847 classes: ~17 GB of saved activations)."""
     model.set_vocabulary(classes)
     flags = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = True
     try:
-        return model.text_embeddings()
+        with torch.no_grad():
+            return model.text_embeddings()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = flags
 
