@@ -29,10 +29,10 @@ GOLDEN_LOSSES = {
     "configs/clip_hbd/tiny.yaml": {"loss_ce": 2.079411506652832, "loss_dice": 0.8741841316223145, "loss_boundary": 0.0},
     "configs/dcp_clip/tiny.yaml": {"loss_sem_seg": 0.6630818843841553},
     "configs/synseg/tiny.yaml": {
-        "loss_intra_align": 0.5545186400413513,
-        "loss_intra_sep": 8.269380569458008,
-        "loss_inter_align": 0.00025053051649592817,
-        "loss_inter_sep": 8.292051315307617,
+        "loss_intra_align": 0.5636775493621826,
+        "loss_intra_sep": 8.26229476928711,
+        "loss_inter_align": 0.00025047725648619235,
+        "loss_inter_sep": 8.292264938354492,
     },
     "configs/sed/tiny.yaml": {
         "loss_sem_seg_0": 0.632476270198822,
