@@ -125,12 +125,17 @@ SINGLE_TEMPLATE = ("A photo of a {} in the scene",)
 # CLIP's own zero-shot prompt; SynSeg's (the paper names none) for caption phrases and class names.
 CLIP_PHOTO_TEMPLATE = ("a photo of a {}.",)
 
+# The bare class name (no prompt): for tiny random-init text towers, which map prompts sharing
+# all but one token to nearly the same vector (SynSeg's tiny config).
+CLASS_NAME_TEMPLATE = ("{}",)
+
 # Name -> template set; the names are the values of SED's PROMPT_ENSEMBLE_TYPE.
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "imagenet": IMAGENET_TEMPLATES,
     "imagenet_select": IMAGENET_SELECT_TEMPLATES,
     "single": SINGLE_TEMPLATE,
     "clip_photo": CLIP_PHOTO_TEMPLATE,
+    "class_name": CLASS_NAME_TEMPLATE,
 }
 
 
@@ -139,7 +144,7 @@ def get_templates(name: str) -> list[str]:
 
     Args:
         name: one of ``"imagenet"`` (80), ``"imagenet_select"`` (8), ``"single"`` (1),
-            ``"clip_photo"`` (1).
+            ``"clip_photo"`` (1), ``"class_name"`` (1).
 
     Raises:
         ValueError: for an unknown name; the message lists the valid ones.
