@@ -33,7 +33,7 @@ from PIL import Image
 
 from .config import apply_runtime_flags, get_cfg
 from .data.io import read_image
-from .data.vocabulary import vocabulary_of
+from .data.vocabulary import unprompted_background_index, vocabulary_of
 from .engine.checkpointer import ConvertingCheckpointer
 
 __all__ = [
@@ -234,8 +234,11 @@ class OpenVocabPredictor:
 
     def set_vocabulary(self, vocabulary: VocabularyInput) -> None:
         """Use these class names (synonyms of one class joined by ", "), or a registered
-        dataset's, from now on."""
-        self.model.set_vocabulary(resolve_vocabulary(vocabulary))
+        dataset's, from now on. A dataset whose background is scored but not prompted
+        (metadata ``background_handling`` "unprompted_class": VOC-21, COCO-Object) keeps that
+        rule, as in its evaluation: the background gets ``MODEL.OVSEG.BACKGROUND_THRESHOLD``."""
+        background = unprompted_background_index(vocabulary) if isinstance(vocabulary, str) else None
+        self.model.set_vocabulary(resolve_vocabulary(vocabulary), background_index=background)
 
     @torch.no_grad()
     def __call__(
@@ -248,7 +251,7 @@ class OpenVocabPredictor:
         predictor's vocabulary."""
         single = not isinstance(images, (list, tuple))
         images = [images] if single else list(images)
-        previous = self.model.test_vocabulary
+        previous = self.model.test_vocabulary, self.model.background_index
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
         try:
@@ -259,7 +262,7 @@ class OpenVocabPredictor:
                 arrays = [rgb_array(image) for image in images[start : start + self.batch_size]]
                 results += self._segment(arrays, classes)
         finally:
-            self.model.test_vocabulary = previous
+            self.model.test_vocabulary, self.model.background_index = previous
         return results[0] if single else results
 
     def _segment(self, images: List[np.ndarray], classes: List[str]) -> List[Segmentation]:

@@ -189,6 +189,36 @@ def test_a_calls_vocabulary_is_that_calls_only_and_equals_a_predictor_built_with
     assert by_name.classes == vocabulary_of("sed_d2_synthetic_val") == default
 
 
+def test_a_dataset_with_unprompted_background_keeps_its_background_rule(predictor):
+    from sed_d2.data.vocabulary import unprompted_background_index, vocabulary_of
+
+    name = "voc_2012_val_bg21_sem_seg"  # VOC-21: background scored at the threshold, not prompted
+    index = unprompted_background_index(name)
+    assert index is not None
+    image = _image(50, 70, seed=5)
+    model = predictor.model
+    default_threshold = model.background_threshold
+    try:
+        # above every probability: the background wins everywhere, with exactly that score
+        model.background_threshold = 2.0
+        result = predictor(image, vocabulary=name)
+        assert result.classes == vocabulary_of(name)
+        assert (result.labels == index).all() and np.all(result.scores == np.float32(2.0))
+        # below every probability: it never wins
+        model.background_threshold = -1.0
+        assert not (predictor(image, vocabulary=name).labels == index).any()
+    finally:
+        model.background_threshold = default_threshold
+    assert model.background_index is None  # the call's rule ends with the call
+    predictor.set_vocabulary(name)
+    try:
+        assert model.background_index == index
+        assert model.text_embeddings().shape[0] == len(vocabulary_of(name)) - 1  # background not prompted
+    finally:
+        predictor.set_vocabulary(predictor.cfg.DATASETS.TEST[0])
+    assert model.background_index is None
+
+
 def test_clear_errors(predictor, tmp_path):
     image = _image(20, 20)
     with pytest.raises(ValueError, match=r"vocabulary 'cat' is not a registered dataset .*list of class names \(e.g. \['cat'\]\)"):

@@ -117,16 +117,18 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def resolve_vocabulary(args: argparse.Namespace, cfg, parser: argparse.ArgumentParser):
-    """The class names from --vocabulary, --dataset, or the config's first test dataset."""
+    """``(class names, what the predictor is given)`` from --vocabulary, --dataset, or the
+    config's first test dataset; a dataset is given by name, so that the predictor keeps its
+    background rule (VOC-21, COCO-Object: background scored, not prompted)."""
     if args.vocabulary is not None:
-        return args.vocabulary
+        return args.vocabulary, args.vocabulary
     dataset = args.dataset
     if dataset is None:
         if not cfg.DATASETS.TEST:
             parser.error("give --vocabulary or --dataset: the config's DATASETS.TEST is empty")
         dataset = cfg.DATASETS.TEST[0]
     try:
-        return vocabulary_of(dataset)
+        return vocabulary_of(dataset), dataset
     except KeyError as e:
         parser.error(str(e.args[0]))
 
@@ -245,14 +247,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     setup_logger(name="sed_d2")
     cfg = get_cfg(args.config_file, args.opts)
-    vocabulary = resolve_vocabulary(args, cfg, parser)
+    vocabulary, predictor_vocabulary = resolve_vocabulary(args, cfg, parser)
     try:
         paths = expand_inputs(args.input)
     except ValueError as e:
         parser.error(str(e))
     logger.info("Vocabulary (%d classes): %s", len(vocabulary), "; ".join(vocabulary))
 
-    predictor = OpenVocabPredictor(cfg, vocabulary=vocabulary)
+    predictor = OpenVocabPredictor(cfg, vocabulary=predictor_vocabulary)
     os.makedirs(args.output, exist_ok=True)
     failed, batch = [], []  # batch: (path, stem, image) read but not yet segmented
     inputs = list(zip(paths, unique_stems(paths)))

@@ -224,13 +224,19 @@ class OpenVocabSegmentor(nn.Module):
             raise RuntimeError(f"no {mode} vocabulary: set {hint}")
         return vocab
 
-    def text_embeddings(self) -> torch.Tensor:
-        """(T, P, C) L2-normalised embeddings of the current vocabulary, cached per vocabulary
-        (at inference without the unprompted background class, if any: T - 1 rows)."""
+    @property
+    def prompted_vocabulary(self) -> List[str]:
+        """The class names the text tower encodes: :attr:`vocabulary`, at inference without the
+        unprompted background class (:meth:`set_vocabulary`'s ``background_index``), if any."""
         vocabulary = self.vocabulary
         if not self.training and self.background_index is not None:
             vocabulary = vocabulary[: self.background_index] + vocabulary[self.background_index + 1 :]
-        return self.text_encoder(vocabulary)
+        return vocabulary
+
+    def text_embeddings(self) -> torch.Tensor:
+        """(T, P, C) L2-normalised embeddings of :attr:`prompted_vocabulary`, cached per
+        vocabulary (at inference without the unprompted background class, if any: T - 1 rows)."""
+        return self.text_encoder(self.prompted_vocabulary)
 
     # ------------------------------------------------------------------ tensors
     @property

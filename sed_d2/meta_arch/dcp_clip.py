@@ -154,12 +154,12 @@ class DCPCLIP(OpenVocabSegmentor):
             self._prompt_encoder = TextEncoder(
                 holder, [self.prompt_template], model_name=self.clip_model_name, synonym_rule=self.synonym_rule
             )
-        return self._prompt_encoder(self.vocabulary)[:, 0]
+        return self._prompt_encoder(self.prompted_vocabulary)[:, 0]
 
     def _seen_classes(self) -> torch.Tensor:
-        """``(T,)`` bool: the current vocabulary's classes seen in training (exact names);
+        """``(T,)`` bool: the prompted vocabulary's classes seen in training (exact names);
         none without a training vocabulary."""
-        key = tuple(self.vocabulary)
+        key = tuple(self.prompted_vocabulary)
         if key not in self._seen_cache:
             seen = seen_class_mask(key, self.train_vocabulary or ())
             self._seen_cache = {key: torch.tensor(seen, dtype=torch.bool, device=self.device)}
@@ -216,5 +216,15 @@ class DCPCLIP(OpenVocabSegmentor):
             prepared = self.prepare_images([image.to(self.device).float() for image in images])
             name = f"{type(self).__name__.lower()}_image_features"
             dense = self.run_network(name, self.image_features, prepared)["clip_vis_dense"].float().clone()
-        return [tag_validation(s, d, text_mean, seen, self.tag_validation_k) for s, d in zip(scores, dense)]
+        index = self.background_index
+        validated = []
+        for score, features in zip(scores, dense):
+            if index is None:
+                validated.append(tag_validation(score, features, text_mean, seen, self.tag_validation_k))
+                continue
+            # the unprompted background channel (a constant) is not a tag: validate the others
+            prompted = torch.cat([score[:index], score[index + 1 :]])
+            prompted = tag_validation(prompted, features, text_mean, seen, self.tag_validation_k)
+            validated.append(torch.cat([prompted[:index], score[index : index + 1], prompted[index:]]))
+        return validated
 
