@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..clip import TextEncoder, get_templates, validate_vocabulary
+from ..clip import TextEncoder, build_clip_model, get_templates, validate_vocabulary
 from ..data.vocabulary import training_vocabulary_of, unprompted_background_index, vocabulary_of
 from .. import ops
 from ..ops.cuda_graphs import CUDAGraphCache, graph_key
@@ -61,9 +61,26 @@ from .inference import InferenceProtocol, WholeImage, build_inference_protocol
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OpenVocabSegmentor"]
+__all__ = ["OpenVocabSegmentor", "build_vit_clip"]
 
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def build_vit_clip(cfg, method: str) -> nn.Module:
+    """The open_clip model of ``MODEL.OVSEG`` for a method built on a CLIP ViT (CAT-Seg and the
+    methods on its ViT path): refuses the keys that only timm (ConvNeXt) towers have and a
+    non-ViT image tower, naming ``method``."""
+    ovseg = cfg.MODEL.OVSEG
+    for key in ("CLIP_DROP_PATH_RATE", "CLIP_HEAD_DROPOUT"):
+        if ovseg[key]:
+            raise ValueError(
+                f"MODEL.OVSEG.{key} applies to timm (ConvNeXt) image towers; {method}'s CLIP ViT has no "
+                f"such setting: leave it at 0, got {ovseg[key]}"
+            )
+    clip_model = build_clip_model(ovseg.CLIP_MODEL, ovseg.CLIP_PRETRAINED, pretrained_key="MODEL.OVSEG.CLIP_PRETRAINED")
+    if not hasattr(clip_model.visual, "transformer"):
+        raise ValueError(f"{method} needs a CLIP ViT image tower; MODEL.OVSEG.CLIP_MODEL {ovseg.CLIP_MODEL!r} is not one")
+    return clip_model
 
 
 def _parse_precision(value: str, key: str):

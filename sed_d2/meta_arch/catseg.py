@@ -7,9 +7,9 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from ..clip import build_clip_model, get_templates
+from ..clip import get_templates
 from ..models.catseg import CATSegDecoder, CATSegModel, build_catseg_decoder_for
-from .base import OpenVocabSegmentor
+from .base import OpenVocabSegmentor, build_vit_clip
 
 __all__ = ["CATSeg", "default_guidance_layers"]
 
@@ -56,15 +56,7 @@ class CATSeg(OpenVocabSegmentor):
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         ovseg, catseg = cfg.MODEL.OVSEG, cfg.MODEL.CATSEG
-        for key in ("CLIP_DROP_PATH_RATE", "CLIP_HEAD_DROPOUT"):
-            if ovseg[key]:
-                raise ValueError(
-                    f"MODEL.OVSEG.{key} applies to timm (ConvNeXt) image towers; CAT-Seg's CLIP ViT "
-                    f"has no such setting: leave it at 0, got {ovseg[key]}"
-                )
-        clip_model = build_clip_model(
-            ovseg.CLIP_MODEL, ovseg.CLIP_PRETRAINED, pretrained_key="MODEL.OVSEG.CLIP_PRETRAINED"
-        )
+        clip_model = build_vit_clip(cfg, cls.__name__)
         decoder = cls.build_decoder(
             cfg,
             clip_model,

@@ -10,9 +10,9 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-from ..clip import build_clip_model, get_templates
+from ..clip import get_templates
 from ..models.clip_hbd import CLIPHBDCriterion, CLIPHBDModel, HBDDecoder
-from .base import OpenVocabSegmentor
+from .base import OpenVocabSegmentor, build_vit_clip
 from .catseg import default_guidance_layers
 
 __all__ = ["CLIPHBD", "build_convnext_backbone"]
@@ -75,16 +75,8 @@ class CLIPHBD(OpenVocabSegmentor):
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         ovseg, hbd = cfg.MODEL.OVSEG, cfg.MODEL.CLIP_HBD
-        for key in ("CLIP_DROP_PATH_RATE", "CLIP_HEAD_DROPOUT"):
-            if ovseg[key]:
-                raise ValueError(
-                    f"MODEL.OVSEG.{key} applies to timm (ConvNeXt) CLIP towers; CLIP-HBD's CLIP is a ViT "
-                    f"(its backbone's stochastic depth is MODEL.CLIP_HBD.BACKBONE_DROP_PATH): leave it at 0, "
-                    f"got {ovseg[key]}"
-                )
-        clip_model = build_clip_model(
-            ovseg.CLIP_MODEL, ovseg.CLIP_PRETRAINED, pretrained_key="MODEL.OVSEG.CLIP_PRETRAINED"
-        )
+        # (the ConvNeXt backbone's stochastic depth is MODEL.CLIP_HBD.BACKBONE_DROP_PATH)
+        clip_model = build_vit_clip(cfg, "CLIP-HBD")
         backbone = build_convnext_backbone(
             ovseg.BACKBONE_MODEL, ovseg.BACKBONE_PRETRAINED, drop_path=hbd.BACKBONE_DROP_PATH
         )

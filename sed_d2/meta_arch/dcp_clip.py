@@ -8,7 +8,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from ..clip import TextEncoder, build_clip_model, get_templates
+from ..clip import TextEncoder, get_templates
 from ..clip.prompt_context import ContextTextModel, PromptContext
 from ..layers.category_selection import present_classes
 from ..layers.tag_validation import seen_class_mask, tag_validation
@@ -19,7 +19,7 @@ from ..models.dcp_clip import (
     TextGuidedAlignment,
     class_embeddings,
 )
-from .base import OpenVocabSegmentor
+from .base import OpenVocabSegmentor, build_vit_clip
 from .catseg import default_guidance_layers
 
 __all__ = ["DCPCLIP"]
@@ -71,7 +71,7 @@ class DCPCLIP(OpenVocabSegmentor):
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         ovseg, dcp = cfg.MODEL.OVSEG, cfg.MODEL.DCP_CLIP
-        clip_model = build_clip_model(ovseg.CLIP_MODEL, ovseg.CLIP_PRETRAINED, pretrained_key="MODEL.OVSEG.CLIP_PRETRAINED")
+        clip_model = build_vit_clip(cfg, "DCP-CLIP")
         visual = clip_model.visual
         stages = len(dcp.DECODER_DIMS)
         guidance_layers: Sequence[int] = tuple(dcp.GUIDANCE_LAYERS) or default_guidance_layers(

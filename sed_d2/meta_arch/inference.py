@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -8,9 +8,8 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from ..clip import build_clip_model
 from ..models.synseg import FeatureSynergy, SynSegDecoder, SynSegModel
-from .base import OpenVocabSegmentor
+from .base import OpenVocabSegmentor, build_vit_clip
 
 __all__ = ["SynSeg", "class_embeddings", "default_extract_layers"]
 
@@ -61,13 +60,8 @@ class SynSeg(OpenVocabSegmentor):
         ovseg, synseg = cfg.MODEL.OVSEG, cfg.MODEL.SYNSEG
         if ovseg.CLIP_FINETUNE != "frozen":
             raise ValueError(f"SynSeg keeps both CLIP towers frozen: MODEL.OVSEG.CLIP_FINETUNE must be 'frozen', got {ovseg.CLIP_FINETUNE!r}")
-        for key in ("CLIP_DROP_PATH_RATE", "CLIP_HEAD_DROPOUT"):
-            if ovseg[key]:
-                raise ValueError(f"MODEL.OVSEG.{key} applies to timm (ConvNeXt) image towers; SynSeg's frozen CLIP ViT has none: leave it at 0")
-        clip_model = build_clip_model(ovseg.CLIP_MODEL, ovseg.CLIP_PRETRAINED, pretrained_key="MODEL.OVSEG.CLIP_PRETRAINED")
+        clip_model = build_vit_clip(cfg, "SynSeg")
         visual = clip_model.visual
-        if not hasattr(visual, "transformer"):
-            raise ValueError(f"SynSeg needs a CLIP ViT image tower; {ovseg.CLIP_MODEL!r} is not one")
         patch_size = tuple(visual.patch_size)
         if any(r % p for r, p in zip(ovseg.CLIP_RESOLUTION, patch_size)):
             raise ValueError(f"MODEL.OVSEG.CLIP_RESOLUTION {tuple(ovseg.CLIP_RESOLUTION)} must be a multiple of the patch size {patch_size}")

@@ -163,3 +163,22 @@ def test_a_method_without_its_network_as_self_model_must_provide_the_contract():
     ):
         with pytest.raises(NotImplementedError, match=f"Bare must provide {member} \\(the method contract\\)"):
             call()
+
+
+@pytest.mark.parametrize(
+    "config_file, method",
+    [
+        ("configs/catseg/tiny.yaml", "CATSeg"),
+        ("configs/fgaseg/tiny.yaml", "FGASeg"),
+        ("configs/dcp_clip/tiny.yaml", "DCP-CLIP"),
+        ("configs/clip_hbd/tiny.yaml", "CLIP-HBD"),
+        ("configs/synseg/tiny.yaml", "SynSeg"),
+    ],
+)
+def test_vit_methods_refuse_convnext_only_clip_settings_and_convnext_towers(config_file, method):
+    from detectron2.modeling import build_model
+
+    with pytest.raises(ValueError, match=rf"MODEL.OVSEG.CLIP_HEAD_DROPOUT applies to timm .*{method}'s CLIP ViT"):
+        build_model(tiny_cfg_for(config_file, "MODEL.OVSEG.CLIP_HEAD_DROPOUT", "0.1"))
+    with pytest.raises(ValueError, match=rf"{method} needs a CLIP ViT image tower; MODEL.OVSEG.CLIP_MODEL 'sed_d2_tiny_convnext'"):
+        build_model(tiny_cfg_for(config_file, "MODEL.OVSEG.CLIP_MODEL", "sed_d2_tiny_convnext"))
