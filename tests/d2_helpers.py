@@ -85,3 +85,31 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def build_tiny_model(config_file: str, *extra: str, seed: int = 0):
+    """The detectron2 model of ``config_file`` made CPU-sized (:func:`tiny_cfg_for`, ``extra``
+    overrides after it), its random init drawn at ``seed``."""
+    import torch
+    from detectron2.modeling import build_model
+
+    import sed_d2  # noqa: F401  (registers the meta-architectures)
+
+    torch.manual_seed(seed)
+    return build_model(tiny_cfg_for(config_file, *extra))
+
+
+def detectron2_inputs(sizes, with_labels: bool = False, num_classes: int = 8, seed: int = 0) -> list:
+    """detectron2 dicts of random uint8 images of ``sizes`` ((h, w) each) with "height"/"width";
+    ``with_labels``: also random "sem_seg" labels in ``[0, num_classes)``, a few ignored (255)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for h, w in sizes:
+        x = {"image": torch.randint(0, 256, (3, h, w), generator=generator, dtype=torch.uint8), "height": h, "width": w}
+        if with_labels:
+            x["sem_seg"] = torch.randint(0, num_classes, (h, w), generator=generator)
+            x["sem_seg"][0, :5] = 255  # ignored pixels
+        out.append(x)
+    return out

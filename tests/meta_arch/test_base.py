@@ -5,18 +5,13 @@ import pytest
 import torch
 
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import tiny_cfg_for
+from tests.d2_helpers import build_tiny_model, tiny_cfg_for
 
 pytestmark = requires_detectron2
 
 
 def _build(config_file="configs/sed/tiny.yaml", *extra):
-    from detectron2.modeling import build_model
-
-    import sed_d2  # noqa: F401
-
-    torch.manual_seed(0)
-    return build_model(tiny_cfg_for(config_file, *extra))
+    return build_tiny_model(config_file, *extra, seed=0)
 
 
 def _inputs(sizes):

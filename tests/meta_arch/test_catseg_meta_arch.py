@@ -13,7 +13,7 @@ from torch import nn
 
 from tests.checkpoint.test_catseg import _to_official
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import ROOT, tiny_cfg_for
+from tests.d2_helpers import ROOT, build_tiny_model, detectron2_inputs, tiny_cfg_for
 
 pytestmark = requires_detectron2
 
@@ -23,24 +23,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA g
 
 
 def _build(config_file=TINY, *extra, seed=0):
-    from detectron2.modeling import build_model
-
-    import sed_d2  # noqa: F401
-
-    torch.manual_seed(seed)
-    return build_model(tiny_cfg_for(config_file, *extra))
-
-
-def _inputs(sizes, with_labels=False, num_classes=8):
-    generator = torch.Generator().manual_seed(0)
-    out = []
-    for h, w in sizes:
-        x = {"image": torch.randint(0, 256, (3, h, w), generator=generator, dtype=torch.uint8), "height": h, "width": w}
-        if with_labels:
-            x["sem_seg"] = torch.randint(0, num_classes, (h, w), generator=generator)
-            x["sem_seg"][0, :5] = 255
-        out.append(x)
-    return out
+    return build_tiny_model(config_file, *extra, seed=seed)
 
 
 # The CLIP tensors of the tiny config that train (CLIP_FINETUNE "attention"): the fused q/k/v
@@ -116,7 +99,7 @@ def test_drop_path_keys_are_refused_for_the_vit():
 
 def test_clip_trains_q_and_v_rows_of_both_towers_and_k_rows_get_no_gradient():
     model = _build().train()
-    sum(model(_inputs([(64, 64), (64, 64)], with_labels=True)).values()).backward()
+    sum(model(detectron2_inputs([(64, 64), (64, 64)], with_labels=True)).values()).backward()
     groups = model.parameter_groups
     # The fused q/k/v projections of both towers (the text tower trains, so the text
     # embeddings carry gradients); every other CLIP parameter is frozen.
@@ -150,7 +133,7 @@ def test_trainer_optimizer_keeps_k_rows_and_evaluation_sees_the_new_text_tower()
     with torch.no_grad():
         text_before = model.text_embeddings().clone()
     model.train()
-    batch = _inputs([(64, 64), (64, 64)], with_labels=True)
+    batch = detectron2_inputs([(64, 64), (64, 64)], with_labels=True)
     for _ in range(2):
         optimizer.zero_grad()
         sum(model(batch).values()).backward()
@@ -194,7 +177,7 @@ def test_sliding_window_protocol_is_the_official_computation():
     """The tiny config's protocol is the official one at 1/4 scale (kernel 96, overlap
     0.333 -> stride 64, image 160x160, global view 96x96)."""
     model = _build().eval()
-    inputs = _inputs([(64, 80)])
+    inputs = detectron2_inputs([(64, 80)])
     with torch.no_grad():
         ours = model(inputs)[0]["sem_seg"]
         official = _official_sliding_window(
@@ -208,7 +191,7 @@ def test_sliding_window_protocol_is_the_official_computation():
 def test_a_batch_equals_its_images_one_by_one_with_class_pruning_and_both_protocols(protocol, pad_len):
     model = _build(TINY, "TEST.PROTOCOL", protocol, "MODEL.CATSEG.PAD_LEN", str(pad_len)).eval()
     sizes = [(64, 80), (96, 64), (70, 70)]
-    inputs = _inputs(sizes)
+    inputs = detectron2_inputs(sizes)
     with torch.no_grad():
         batched = model(inputs)
         singles = [model([x])[0] for x in inputs]
@@ -223,7 +206,7 @@ def test_class_pruning_keeps_pad_len_classes_per_image():
     from sed_d2.models.catseg import PRUNED_CLASS_LOGIT
 
     model = _build(TINY, "MODEL.CATSEG.PAD_LEN", "5").eval()
-    images = model.prepare_images([x["image"].float() for x in _inputs([(64, 64), (80, 72)])])
+    images = model.prepare_images([x["image"].float() for x in detectron2_inputs([(64, 64), (80, 72)])])
     with torch.no_grad():
         logits = model.network_logits(images, model.text_embeddings())
     pruned = (logits == PRUNED_CLASS_LOGIT).flatten(2).all(dim=-1)  # (B, T)
@@ -249,14 +232,14 @@ def test_with_class_pruning_inference_runs_the_whole_network_through_one_cuda_gr
     run_network = model.run_network
     model.run_network = lambda name, fn, *inputs: (names.append(name), run_network(name, fn, *inputs))[1]
     with torch.no_grad():
-        model(_inputs([(64, 64)]))
+        model(detectron2_inputs([(64, 64)]))
     assert names == ["catseg_logits"]
 
 
 @requires_cuda
 def test_with_class_pruning_cuda_graph_replay_equals_eager():
     model = _build(TINY, "MODEL.CATSEG.PAD_LEN", "4").cuda().eval()
-    inputs = _inputs([(64, 80), (96, 64)])
+    inputs = detectron2_inputs([(64, 80), (96, 64)])
     with torch.no_grad():
         model.cuda_graphs = False
         eager = [x["sem_seg"] for x in model(inputs)]
@@ -284,7 +267,7 @@ def test_official_checkpoint_loads_through_model_weights(tmp_path, monkeypatch):
     torch.save({"model": official, "iteration": 79999}, path)
 
     target = _build(seed=2).eval()
-    inputs = _inputs([(64, 80)])
+    inputs = detectron2_inputs([(64, 80)])
     with torch.no_grad():
         target(inputs)  # fills the text-embedding cache with the old weights
     incompatible = []

@@ -7,7 +7,7 @@ import timm
 import torch
 
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import tiny_cfg_for
+from tests.d2_helpers import build_tiny_model, tiny_cfg_for
 
 pytestmark = requires_detectron2
 
@@ -15,12 +15,7 @@ TINY = "configs/clip_hbd/tiny.yaml"
 
 
 def _build(config_file=TINY, *extra, seed=0):
-    from detectron2.modeling import build_model
-
-    import sed_d2  # noqa: F401
-
-    torch.manual_seed(seed)
-    return build_model(tiny_cfg_for(config_file, *extra))
+    return build_tiny_model(config_file, *extra, seed=seed)
 
 
 def _count(module):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import ROOT, tiny_cfg_for
+from tests.d2_helpers import ROOT, build_tiny_model, detectron2_inputs
 
 pytestmark = requires_detectron2
 
@@ -44,24 +44,7 @@ GOLDEN_LOSSES = {
 
 
 def _build(config_file, *extra, seed=0):
-    from detectron2.modeling import build_model
-
-    import sed_d2  # noqa: F401
-
-    torch.manual_seed(seed)
-    return build_model(tiny_cfg_for(config_file, *extra))
-
-
-def _inputs(sizes, with_labels=False, num_classes=8, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for h, w in sizes:
-        x = {"image": torch.randint(0, 256, (3, h, w), generator=generator, dtype=torch.uint8), "height": h, "width": w}
-        if with_labels:
-            x["sem_seg"] = torch.randint(0, num_classes, (h, w), generator=generator)
-            x["sem_seg"][0, :5] = 255  # ignored pixels
-        out.append(x)
-    return out
+    return build_tiny_model(config_file, *extra, seed=seed)
 
 
 @pytest.fixture(params=TINY_CONFIGS)
@@ -103,7 +86,7 @@ def test_the_contract_is_complete(config_file):
 
 def test_gradients_reach_exactly_the_trainable_parameters_and_losses_are_golden(config_file):
     model = _build(config_file).train()
-    losses = model(_inputs([(64, 64), (64, 64)], with_labels=True))
+    losses = model(detectron2_inputs([(64, 64), (64, 64)], with_labels=True))
     assert sorted(losses) == sorted(GOLDEN_LOSSES[config_file])
     for name, value in losses.items():
         assert value.dtype == torch.float32 and value.ndim == 0 and torch.isfinite(value), name
@@ -124,7 +107,7 @@ def test_gradients_reach_exactly_the_trainable_parameters_and_losses_are_golden(
 def test_any_batch_of_mixed_sizes_equals_its_images_one_by_one(config_file):
     model = _build(config_file).eval()
     sizes = [(64, 80), (96, 64), (70, 70)]
-    inputs = _inputs(sizes)
+    inputs = detectron2_inputs(sizes)
     with torch.no_grad():
         batched = model(inputs)
         singles = [model([x])[0] for x in inputs]
@@ -140,7 +123,7 @@ def test_any_batch_of_mixed_sizes_equals_its_images_one_by_one(config_file):
 
 def test_vocabulary_switching_equals_a_fresh_model_with_that_vocabulary(config_file):
     words = ["cat", "dog, puppy", "grass"]
-    inputs = _inputs([(64, 64)])
+    inputs = detectron2_inputs([(64, 64)])
     model = _build(config_file).eval()
     default_vocabulary = list(model.vocabulary)
     with torch.no_grad():
@@ -164,7 +147,7 @@ def test_network_logits_route_through_run_network_as_decode_capturable_says(conf
     run_network = model.run_network
     model.run_network = lambda name, fn, *inputs: (names.append(name), run_network(name, fn, *inputs))[1]
     with torch.no_grad():
-        images = model.prepare_images([x["image"] for x in _inputs([(64, 64)])])
+        images = model.prepare_images([x["image"] for x in detectron2_inputs([(64, 64)])])
         logits = model.network_logits(images, model.text_embeddings())
         direct = model.decode(model.image_features(images), model.text_embeddings())
     assert logits.shape[:2] == (1, len(model.vocabulary))
@@ -177,7 +160,7 @@ def test_network_logits_route_through_run_network_as_decode_capturable_says(conf
 def test_cuda_graphs_replay_the_eager_logits_bit_for_bit(config_file):
     model = _build(config_file, "MODEL.DEVICE", "cuda").eval()
     assert model.cuda_graphs
-    inputs = _inputs([(64, 80), (70, 70)])
+    inputs = detectron2_inputs([(64, 80), (70, 70)])
     with torch.no_grad():
         model.cuda_graphs = False
         eager = [r["sem_seg"] for r in model(inputs)]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import ROOT, tiny_cfg_for, tiny_opts_for
+from tests.d2_helpers import ROOT, build_tiny_model, tiny_opts_for
 
 pytestmark = requires_detectron2
 
@@ -42,12 +42,7 @@ ABLATIONS = {
 
 
 def _build(*extra, config_file=TINY, seed=0):
-    from detectron2.modeling import build_model
-
-    import sed_d2  # noqa: F401
-
-    torch.manual_seed(seed)
-    return build_model(tiny_cfg_for(config_file, *extra))
+    return build_tiny_model(config_file, *extra, seed=seed)
 
 
 def _images(sizes, seed=0):

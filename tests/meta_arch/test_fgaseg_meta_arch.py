@@ -11,7 +11,7 @@ import torch
 
 from tests.checkpoint.test_fgaseg import _to_official
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import ROOT, tiny_cfg_for
+from tests.d2_helpers import ROOT, build_tiny_model, detectron2_inputs
 
 pytestmark = requires_detectron2
 
@@ -20,24 +20,7 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
 def _build(config_file=TINY, *extra, seed=0):
-    from detectron2.modeling import build_model
-
-    import sed_d2  # noqa: F401
-
-    torch.manual_seed(seed)
-    return build_model(tiny_cfg_for(config_file, *extra))
-
-
-def _inputs(sizes, with_labels=False, num_classes=8):
-    generator = torch.Generator().manual_seed(0)
-    out = []
-    for h, w in sizes:
-        x = {"image": torch.randint(0, 256, (3, h, w), generator=generator, dtype=torch.uint8), "height": h, "width": w}
-        if with_labels:
-            x["sem_seg"] = torch.randint(0, num_classes, (h, w), generator=generator)
-            x["sem_seg"][0, :5] = 255
-        out.append(x)
-    return out
+    return build_tiny_model(config_file, *extra, seed=seed)
 
 
 @pytest.mark.parametrize(
@@ -120,7 +103,7 @@ def test_every_fgaseg_key_reaches_the_network():
 
 def test_training_losses_are_logged_apart_and_sum_to_the_official_total():
     model = _build(TINY, "MODEL.FGASEG.DECODER_MODE", "fast").train()
-    losses = model(_inputs([(64, 64), (64, 64)], with_labels=True))
+    losses = model(detectron2_inputs([(64, 64), (64, 64)], with_labels=True))
     assert sorted(losses) == ["loss_align", "loss_aux_0", "loss_aux_1", "loss_aux_2", "loss_sem_seg"]
     assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
 
@@ -136,7 +119,7 @@ def test_fast_inference_graphs_only_the_image_half(monkeypatch):
     original = model.run_network
     monkeypatch.setattr(model, "run_network", lambda name, fn, *inputs: calls.append(name) or original(name, fn, *inputs))
     with torch.no_grad():
-        model(_inputs([(64, 80)]))
+        model(detectron2_inputs([(64, 80)]))
     assert calls == ["fgaseg_image_features"]
 
 
@@ -146,7 +129,7 @@ def test_fast_add_evaluates_where_the_official_code_raises():
     model = _build(TINY, "MODEL.FGASEG.DECODER_MODE", "fast", "MODEL.FGASEG.FUSION", "add").eval()
     assert not hasattr(model.model.decoder, "conv_cat") and model.model.decoder.fuse is None
     with torch.no_grad():
-        scores = model(_inputs([(64, 80)]))[0]["sem_seg"]
+        scores = model(detectron2_inputs([(64, 80)]))[0]["sem_seg"]
     assert scores.shape[-2:] == (64, 80) and torch.isfinite(scores).all()
 
 
@@ -156,10 +139,10 @@ def test_training_and_evaluation_run_without_the_official_debug_dumps(tmp_path, 
     class map at evaluation: ours writes nothing, in training or at inference."""
     monkeypatch.chdir(tmp_path)
     model = _build(TINY).train()
-    sum(model(_inputs([(64, 64)], with_labels=True)).values()).backward()
+    sum(model(detectron2_inputs([(64, 64)], with_labels=True)).values()).backward()
     model.eval()
     with torch.no_grad():
-        model(_inputs([(64, 80)]))
+        model(detectron2_inputs([(64, 80)]))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -167,7 +150,7 @@ def test_fast_sliding_window_scores_are_the_official_double_sigmoid():
     """Official fast scoring in the sliding-window protocol: kept classes score
     sigmoid(sigmoid(logit)) in (0.5, 0.731), rejected ones exactly 0.5 before the views are
     merged; "probability" gives plain sigmoids (rejected classes 0)."""
-    inputs = _inputs([(64, 80)])
+    inputs = detectron2_inputs([(64, 80)])
     with torch.no_grad():
         official = _build(TINY, "MODEL.FGASEG.DECODER_MODE", "fast", "MODEL.FGASEG.TOPK", "1").eval()(inputs)[0]["sem_seg"]
         plain = _build(TINY, "MODEL.FGASEG.DECODER_MODE", "fast", "MODEL.FGASEG.TOPK", "1",
@@ -182,10 +165,10 @@ def test_the_t2p_projector_is_skipped_at_inference():
     calls = []
     model.model.t2p.register_forward_hook(lambda *args: calls.append(1))
     with torch.no_grad():
-        model(_inputs([(64, 80)]))
+        model(detectron2_inputs([(64, 80)]))
     assert calls == []
     model.train()
-    model(_inputs([(64, 64)], with_labels=True))
+    model(detectron2_inputs([(64, 64)], with_labels=True))
     assert calls == [1]
 
 
@@ -208,6 +191,6 @@ def test_official_checkpoint_loads_through_model_weights(tmp_path, monkeypatch):
     ConvertingCheckpointer(target, save_dir=str(tmp_path)).resume_or_load(str(path), resume=False)
     assert len(incompatible) == 1
     assert incompatible[0].missing_keys == [] and incompatible[0].unexpected_keys == []
-    inputs = _inputs([(64, 80)])
+    inputs = detectron2_inputs([(64, 80)])
     with torch.no_grad():
         assert torch.equal(target(inputs)[0]["sem_seg"], source(inputs)[0]["sem_seg"])

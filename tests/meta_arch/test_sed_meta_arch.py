@@ -8,7 +8,7 @@ import torch
 
 from sed_d2.layers import top_k_union
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import tiny_cfg_for
+from tests.d2_helpers import build_tiny_model, detectron2_inputs
 
 pytestmark = requires_detectron2
 
@@ -16,32 +16,14 @@ SHIPPED = ["configs/sed/convnextB_768.yaml", "configs/sed/convnextL_768.yaml", "
 
 
 def _build(config_file, *extra):
-    from detectron2.modeling import build_model
-
-    import sed_d2  # noqa: F401
-
-    torch.manual_seed(0)
-    return build_model(tiny_cfg_for(config_file, *extra))
-
-
-def _inputs(sizes, with_labels=False, num_classes=8):
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for h, w in sizes:
-        x = {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
-             "height": h, "width": w}
-        if with_labels:
-            x["sem_seg"] = torch.randint(0, num_classes, (h, w), generator=g)
-            x["sem_seg"][0, :5] = 255
-        out.append(x)
-    return out
+    return build_tiny_model(config_file, *extra, seed=0)
 
 
 @pytest.mark.parametrize("config_file", SHIPPED)
 def test_train_step_losses_and_gradients(config_file):
     model = _build(config_file)
     model.train()
-    losses = model(_inputs([(64, 64), (64, 64)], with_labels=True))
+    losses = model(detectron2_inputs([(64, 64), (64, 64)], with_labels=True))
     assert sorted(losses) == [f"loss_sem_seg_{i}" for i in range(4)]
     assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
     sum(losses.values()).backward()
@@ -59,7 +41,7 @@ def test_train_step_losses_and_gradients(config_file):
 def test_cer_with_all_classes_equals_plain_path_through_meta_arch():
     model = _build("configs/sed/tiny.yaml")
     model.eval()
-    inputs = _inputs([(64, 64), (80, 72)])
+    inputs = detectron2_inputs([(64, 64), (80, 72)])
     with torch.no_grad():
         plain = model(inputs)
         model.rejection_rule = partial(top_k_union, k=len(model.vocabulary))
@@ -81,7 +63,7 @@ def test_unknown_clip_model_error():
 def test_bf16_inference_close_to_fp32():
     model = _build("configs/sed/tiny.yaml")
     model.eval()
-    inputs = _inputs([(64, 64)])
+    inputs = detectron2_inputs([(64, 64)])
     with torch.no_grad():
         fp32 = model(inputs)[0]["sem_seg"]
         model.test_dtype = torch.bfloat16
@@ -99,7 +81,7 @@ def test_cer_replays_only_the_image_tower():
     names = []
     run_network = model.run_network
     model.run_network = lambda name, fn, *inputs: (names.append(name), run_network(name, fn, *inputs))[1]
-    inputs = _inputs([(64, 64)])
+    inputs = detectron2_inputs([(64, 64)])
     with torch.no_grad():
         plain = model(inputs)[0]["sem_seg"]
         model.rejection_rule = partial(top_k_union, k=10**6)  # rejects nothing: the same result through the CER path
@@ -114,7 +96,7 @@ def test_cer_topk_config_is_the_top_k_union_rule_and_the_benchmark_variant_swaps
     model = _build("configs/sed/tiny.yaml", "MODEL.SED.CER_TOPK", "3").eval()
     assert model.rejection_rule.func is top_k_union and model.rejection_rule.keywords == {"k": 3}
     assert not model.decode_capturable
-    inputs = _inputs([(64, 64), (72, 80)])
+    inputs = detectron2_inputs([(64, 64), (72, 80)])
     with torch.no_grad():
         with model.benchmark_variants()["cer_keep"](2):
             kept = [r["sem_seg"].flatten(1).amax(1) > 0 for r in model(inputs)]  # rejected: probability 0
@@ -127,7 +109,7 @@ def test_scores_are_the_float32_sigmoid_of_the_logits_resized_to_each_image():
     import torch.nn.functional as F
 
     model = _build("configs/sed/tiny.yaml").eval()
-    inputs = _inputs([(64, 80), (70, 70)])
+    inputs = detectron2_inputs([(64, 80), (70, 70)])
     with torch.no_grad():
         results = model(inputs)
         images = model.prepare_images([x["image"] for x in inputs])

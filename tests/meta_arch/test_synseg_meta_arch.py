@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import ROOT, tiny_cfg_for
+from tests.d2_helpers import ROOT, build_tiny_model
 
 pytestmark = requires_detectron2
 
@@ -20,12 +20,7 @@ SIX_BENCHMARKS = (
 
 
 def _build(config_file=TINY, *extra, seed=0):
-    from detectron2.modeling import build_model
-
-    import sed_d2  # noqa: F401
-
-    torch.manual_seed(seed)
-    return build_model(tiny_cfg_for(config_file, *extra))
+    return build_tiny_model(config_file, *extra, seed=seed)
 
 
 def _images(n, size=(64, 64), seed=0):
