@@ -70,3 +70,37 @@ def run_in_triton_interpreter(code: str, **environment: str) -> None:
     }
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+# The tiny CAT-Seg decoder geometry of the model tests (CAT-Seg and the methods built on it),
+# for the tiny ViT (tiny_clip("sed_d2_tiny_vit_quickgelu")) with guidance layers (1, 2).
+TINY_CATSEG_DECODER = dict(
+    hidden_dim=32,
+    num_layers=2,
+    num_heads=2,
+    window_size=2,
+    appearance_guidance_dim=16,
+    text_guidance_dim=16,
+    decoder_dims=(32, 16),
+    skip_channels=(16, 8),
+    skip_proj_dims=(8, 4),
+)
+
+
+def redraw_constant_parameters(model, scale: float = 0.2) -> None:
+    """Random init leaves norms, biases, padding tokens and gammas constant, so a check could
+    not see them: add noise to every 1-D or padding parameter (in place, no autograd)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 or "padding" in name:
+                p.add_(scale * torch.randn_like(p))
+
+
+def clip_text_embeddings(clip_model, num_classes: int, seed: int = 1):
+    """Text embeddings as the meta-architecture makes them, ``(T, 1, C)`` L2-normalised: random
+    8-token class names encoded by the CLIP text tower (with gradients when it trains)."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.zeros(num_classes, 77, dtype=torch.long)
+    tokens[:, :8] = torch.randint(1, 49000, (num_classes, 8), generator=generator)
+    tokens[:, 8] = 49407  # the end-of-text token: the highest id
+    return torch.nn.functional.normalize(clip_model.encode_text(tokens), dim=-1).unsqueeze(1)

@@ -3,44 +3,32 @@ import torch
 import torch.nn.functional as F
 
 from sed_d2.clip import apply_clip_finetune, build_clip_model
-from sed_d2.models.catseg import PRUNED_CLASS_LOGIT, CATSegModel, build_catseg_decoder_for
+from sed_d2.models.catseg import (
+    PRUNED_CLASS_LOGIT,
+    CATSegModel,
+    build_catseg_decoder_for,
+)
 
 TINY_CLIP = "sed_d2_tiny_vit_quickgelu"  # 64x64 images, patch 16, width 64, 4 blocks
 SIZE, GRID, EMBED = 64, 4, 48
+from tests.helpers import (
+    TINY_CATSEG_DECODER,
+    clip_text_embeddings,
+    redraw_constant_parameters,
+)
 
 
 def _model(pad_len=8, clip_finetune="attention", seed=0):
     torch.manual_seed(seed)
     clip = build_clip_model(TINY_CLIP)
-    decoder = build_catseg_decoder_for(
-        clip,
-        hidden_dim=32,
-        num_layers=2,
-        num_heads=2,
-        window_size=2,
-        pad_len=pad_len,
-        appearance_guidance_dim=16,
-        text_guidance_dim=16,
-        decoder_dims=(32, 16),
-        skip_channels=(16, 8),
-        skip_proj_dims=(8, 4),
-    )
+    decoder = build_catseg_decoder_for(clip, pad_len=pad_len, **TINY_CATSEG_DECODER)
     model = CATSegModel(clip, decoder, guidance_layers=(1, 2), clip_finetune=clip_finetune)
-    with torch.no_grad():  # padding tokens, norms and biases start constant: re-draw them
-        for name, p in model.named_parameters():
-            if p.dim() == 1 or "padding" in name:
-                p.add_(0.2 * torch.randn_like(p))
+    redraw_constant_parameters(model)
     return model
 
 
 def _text(model, num_classes, seed=1):
-    """Text embeddings as the meta-architecture makes them: encoded by the CLIP text
-    tower (with gradients when it trains), L2-normalised, ``(T, 1, C)``."""
-    generator = torch.Generator().manual_seed(seed)
-    tokens = torch.zeros(num_classes, 77, dtype=torch.long)
-    tokens[:, :8] = torch.randint(1, 49000, (num_classes, 8), generator=generator)
-    tokens[:, 8] = 49407  # the end-of-text token: the highest id
-    return F.normalize(model.clip_model.encode_text(tokens), dim=-1).unsqueeze(1)
+    return clip_text_embeddings(model.clip_model, num_classes, seed)
 
 
 def test_shapes_of_features_and_logits():

@@ -17,6 +17,11 @@ from sed_d2.models.fgaseg import (
 
 TINY_CLIP = "sed_d2_tiny_vit_quickgelu"  # 64x64 images, patch 16, width 64, 4 blocks
 SIZE, GRID, EMBED = 64, 4, 48
+from tests.helpers import (
+    TINY_CATSEG_DECODER,
+    clip_text_embeddings,
+    redraw_constant_parameters,
+)
 
 
 def _model(pad_len=8, clip_finetune="attention", seed=0, **options):
@@ -24,36 +29,14 @@ def _model(pad_len=8, clip_finetune="attention", seed=0, **options):
     clip = build_clip_model(TINY_CLIP)
     decoder_options = {k: options.pop(k) for k in list(options) if k in (
         "decoder_mode", "fusion", "lcs_kernel_size", "lcs_kernel_norm", "top_k", "top_k_union", "fast_scores")}
-    decoder = build_fgaseg_decoder_for(
-        clip,
-        hidden_dim=32,
-        num_layers=2,
-        num_heads=2,
-        window_size=2,
-        pad_len=pad_len,
-        appearance_guidance_dim=16,
-        text_guidance_dim=16,
-        decoder_dims=(32, 16),
-        skip_channels=(16, 8),
-        skip_proj_dims=(8, 4),
-        **decoder_options,
-    )
+    decoder = build_fgaseg_decoder_for(clip, pad_len=pad_len, **TINY_CATSEG_DECODER, **decoder_options)
     model = FGASegModel(clip, decoder, guidance_layers=(1, 2), clip_finetune=clip_finetune, **options)
-    with torch.no_grad():  # norms, biases, padding tokens and gamma start constant: re-draw them
-        for name, p in model.named_parameters():
-            if p.dim() == 1 or "padding" in name:
-                p.add_(0.2 * torch.randn_like(p))
+    redraw_constant_parameters(model)  # gammas too
     return model
 
 
 def _text(model, num_classes, seed=1):
-    """Text embeddings as the meta-architecture makes them: ``(T, 1, C)``, L2-normalised, from
-    the CLIP text tower (with gradients when it trains)."""
-    generator = torch.Generator().manual_seed(seed)
-    tokens = torch.zeros(num_classes, 77, dtype=torch.long)
-    tokens[:, :8] = torch.randint(1, 49000, (num_classes, 8), generator=generator)
-    tokens[:, 8] = 49407
-    return F.normalize(model.clip_model.encode_text(tokens), dim=-1).unsqueeze(1)
+    return clip_text_embeddings(model.clip_model, num_classes, seed)
 
 
 def _targets(seed=3, num_classes=5, size=24):
