@@ -17,6 +17,7 @@ reference's values up to float32 rounding.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
@@ -127,7 +128,7 @@ def merge_window_scores(
     views, classes, in_h, in_w = logits.shape
     out_h, out_w = (int(s) for s in size)
     global_h, global_w = (int(s) for s in (global_size or size))
-    box_table = torch.tensor([list(map(int, b)) for b in boxes], dtype=torch.int32, device=logits.device)
+    box_table = _box_table(tuple(tuple(int(v) for v in box) for box in boxes), logits.device)
     resized_twice = global_view and (global_h, global_w) != (out_h, out_w)
     if resized_twice:
         # the global view's scores at its own size, once: sampling them costs the kernel 4 loads
@@ -148,6 +149,13 @@ def merge_window_scores(
         num_warps=4,
     )
     return out
+
+
+@functools.lru_cache(maxsize=32)
+def _box_table(boxes: Tuple[Box, ...], device: torch.device) -> Tensor:
+    """(windows, 4) int32 boxes on ``device``, made once per geometry (a protocol reuses one
+    geometry for every image of a size): no host-to-device copy per image."""
+    return torch.tensor(boxes, dtype=torch.int32, device=device)
 
 
 if triton is not None:
