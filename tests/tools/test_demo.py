@@ -1,6 +1,7 @@
 """tools/demo.py: vocabulary parsing, and a real run of the tiny SED on synthetic images."""
 
 import argparse
+import glob
 import json
 import logging
 import os
@@ -256,3 +257,17 @@ def test_demo_names_an_unknown_dataset(demo, tiny_config, scenes, tmp_path, caps
         )  # fmt: skip
     assert exit_info.value.code == 2
     assert "no_such_dataset_sem_seg" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "config_file", sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*", "tiny.yaml")))
+)
+def test_every_method_runs_in_the_demo(demo, config_file, scenes, tmp_path):
+    good, _ = scenes
+    output_dir = str(tmp_path / "out")
+    exit_code = demo.main(
+        ["--config-file", os.path.join(ROOT, config_file), "--input", good[0], "--output", output_dir,
+         "--vocabulary", "sky,grass,water", "--opts", "MODEL.DEVICE", "cpu"]
+    )  # fmt: skip
+    assert exit_code == 0
+    _check_outputs(output_dir, "scene0", good[0], ["sky", "grass", "water"])
