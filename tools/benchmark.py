@@ -66,6 +66,7 @@ import json
 import logging
 import os
 import sys
+import time
 from contextlib import contextmanager, nullcontext
 from typing import Dict, List, Optional, Tuple
 
@@ -447,18 +448,26 @@ def run_check(model, args, vocab, generator) -> Dict:
     with torch.no_grad():
         images = model.prepare_images([x["image"] for x in synthetic_inputs(1, args.image_size, generator)])
     logits = {}
+    # Each precision's first call captures its CUDA graphs and compiles its kernels, which
+    # can take minutes on a cold machine: log every step so a slow one is seen, not guessed.
     with torch.no_grad():
         for precision in PRECISIONS:
             apply_precision(model, precision)
+            started = time.perf_counter()
             with model.autocast(model.test_dtype):
                 logits[precision] = model.network_logits(images, text).float().clone()
+            logger.info("  %s logits: %.1f s", precision, time.perf_counter() - started)
         apply_precision(model, "fp32")
         with plain_path(model):
+            started = time.perf_counter()
             plain = model.network_logits(images, text).clone()
+            logger.info("  plain fp32 logits: %.1f s", time.perf_counter() - started)
             reference64 = None
             if not args.check_without_float64:
+                started = time.perf_counter()
                 with in_float64(model):
                     reference64 = model.network_logits(images.double(), text.double())
+                logger.info("  float64 logits: %.1f s", time.perf_counter() - started)
     result = {"vocabulary": vocab["name"], "num_classes": len(vocab["classes"])}
     if reference64 is not None:
         for precision, value in logits.items():

@@ -27,9 +27,16 @@ def conv_transpose_2x2_applies(x: Tensor, weight: Tensor, bias: Tensor | None, o
     """Whether :func:`conv_transpose_2x2` runs the Triton kernel: a channels-last 4-D float32 /
     bf16 / fp16 ``x`` with ``C <= 256`` where :func:`~sed_d2.ops.runtime.available`, a
     ``(C, O, 2, 2)`` weight with ``O <= 128`` on its device, ``out`` (if given) on the same
-    device with channel stride 1, and no autograd."""
+    device with channel stride 1, no autograd, and 16-bit or TF32 products.
+
+    Exact float32 products (float32 operands with TF32 off) run the reference instead: Triton
+    lowers an ``"ieee"`` dot of a whole (64 x 256) x (256 x 128) tile to fully unrolled FMAs,
+    and ptxas then took about two minutes per channel configuration on an H200 (the first
+    float32 CAT-Seg call took 244 s, nearly all of it compiling this kernel). cuBLAS's float32
+    GEMM plus the shuffle copy is exact and fast enough for a path chosen for accuracy."""
     return bool(
         available(x)
+        and (operand_dtype(x) != torch.float32 or torch.backends.cuda.matmul.allow_tf32)
         and x.dim() == 4
         and x.numel() > 0
         and weight.dim() == 4
@@ -59,9 +66,10 @@ def conv_transpose_2x2(
     When :func:`conv_transpose_2x2_applies`, one Triton kernel: every program multiplies a
     block of input pixels by the four ``(C, O)`` phase matrices and stores each product at its
     output pixel, so the pixel shuffle costs no extra pass. Products use the operand dtype
-    with float32 accumulation; float32 operands follow ``torch.backends.cuda.matmul.allow_tf32``
-    as ``F.linear`` does. Otherwise :func:`conv_transpose_2x2_reference`. Both return the
-    autocast dtype under autocast, else ``x``'s (what ``F.linear`` gives).
+    with float32 accumulation; float32 operands take the kernel (TF32 products) only when
+    ``torch.backends.cuda.matmul.allow_tf32``, as ``F.linear`` would use TF32. Otherwise
+    :func:`conv_transpose_2x2_reference`. Both return the autocast dtype under autocast, else
+    ``x``'s (what ``F.linear`` gives).
     """
     if not conv_transpose_2x2_applies(x, weight, bias, out):
         return conv_transpose_2x2_reference(x, weight, bias, out, relu)
@@ -114,7 +122,7 @@ def _launch(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor | None, 
     if bias is not None:
         shift[:out_channels] = bias.detach().float()
     xs = x if x.dtype == operand else x.to(operand)  # autocast: F.linear would cast x too
-    precision = "tf32" if operand == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    precision = "tf32" if operand == torch.float32 else "ieee"  # "ieee" is ignored for 16-bit operands
     pixels = batch * height * width
     block_m = 64 if block_k * block_o >= 128 * 128 else 128
     stride_n, stride_c, stride_h, stride_w = out.stride()

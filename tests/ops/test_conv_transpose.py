@@ -19,7 +19,9 @@ _CONV_TRANSPOSE_CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
     import torch, torch.nn.functional as F
     from sed_d2.ops.conv_transpose import conv_transpose_2x2, conv_transpose_2x2_applies
     torch.manual_seed(0)
-    torch.backends.cuda.matmul.allow_tf32 = False
+    # TF32 products for float32 operands (the interpreter computes them in full float32);
+    # exact float32 products go to the reference (checked below)
+    torch.backends.cuda.matmul.allow_tf32 = True
     for n, c, o, h, w in [(2, 8, 24, 3, 5), (1, 80, 32, 2, 3), (3, 32, 8, 1, 4)]:
         x = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
         weight, bias = torch.randn(c, o, 2, 2) / c ** 0.5, torch.randn(o)
@@ -45,6 +47,13 @@ _CONV_TRANSPOSE_CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
             torch.testing.assert_close(outb.double(), refb, rtol=2e-2, atol=2e-2)
     xg = x.clone().requires_grad_()
     assert not conv_transpose_2x2_applies(xg, weight, bias)  # autograd: the PyTorch path
+    # Exact float32 products: the reference (an "ieee" dot of a whole tile compiles for
+    # minutes); 16-bit operands keep the kernel
+    torch.backends.cuda.matmul.allow_tf32 = False
+    assert not conv_transpose_2x2_applies(x, weight, bias)
+    with torch.no_grad():
+        torch.testing.assert_close(conv_transpose_2x2(x, weight, bias).double(), ref, rtol=1e-5, atol=1e-5)
+    assert conv_transpose_2x2_applies(x.bfloat16(), weight, bias)
     print("ok")
     """
 )
