@@ -19,6 +19,7 @@ VARIANTS = {
     "vitb_384_fast_cat": ("ViT-B-16-quickgelu", (3, 7), "fast", "cat"),
     "vitb_384_no_fast_add": ("ViT-B-16-quickgelu", (3, 7), "no_fast", "add"),
     "vitl_336_no_fast_cat": ("ViT-L-14-336-quickgelu", (7, 15), "no_fast", "cat"),
+    "vitl_336_fast_cat": ("ViT-L-14-336-quickgelu", (7, 15), "fast", "cat"),
 }
 
 

@@ -14,7 +14,7 @@ SHIPPED = [
     "configs/sed/convnextB_768.yaml", "configs/sed/convnextL_768.yaml", "configs/sed/tiny.yaml",
     "configs/catseg/vitb_384.yaml", "configs/catseg/vitl_336.yaml", "configs/catseg/tiny.yaml",
     "configs/fgaseg/vitb_384.yaml", "configs/fgaseg/vitb_384_fast.yaml", "configs/fgaseg/vitl_336.yaml",
-    "configs/fgaseg/tiny.yaml",
+    "configs/fgaseg/vitl_336_fast.yaml", "configs/fgaseg/tiny.yaml",
     "configs/clip_hbd/vitb_384.yaml", "configs/clip_hbd/tiny.yaml",
     "configs/dcp_clip/vitb_384.yaml", "configs/dcp_clip/vitl_336.yaml", "configs/dcp_clip/tiny.yaml",
     "configs/synseg/vitb_224.yaml", "configs/synseg/tiny.yaml",
@@ -72,6 +72,9 @@ GOLDEN_METRICS = {
     },
     "configs/fgaseg/vitl_336.yaml": {
         "mIoU": 4.018678628845572, "fwIoU": 4.202749464665225, "mACC": 10.53877460943859, "pACC": 9.987288581583826,
+    },
+    "configs/fgaseg/vitl_336_fast.yaml": {  # = vitb_384_fast: they differ only in MODEL.OVSEG
+        "mIoU": 4.1681374761475825, "fwIoU": 4.62966805104373, "mACC": 9.817909287815288, "pACC": 10.371788747560947,
     },
     "configs/fgaseg/tiny.yaml": {
         "mIoU": 4.500842984272706, "fwIoU": 4.924206116155682, "mACC": 12.143406497810878, "pACC": 12.404725085215082,

@@ -29,6 +29,7 @@ def _build(config_file=TINY, *extra, seed=0):
         ("configs/fgaseg/vitb_384.yaml", "vitb_384_no_fast_cat", "ViT-B-16-quickgelu", (3, 7), (384, 384), "no_fast"),
         ("configs/fgaseg/vitb_384_fast.yaml", "vitb_384_fast_cat", "ViT-B-16-quickgelu", (3, 7), (384, 384), "fast"),
         ("configs/fgaseg/vitl_336.yaml", "vitl_336_no_fast_cat", "ViT-L-14-336-quickgelu", (7, 15), (336, 336), "no_fast"),
+        ("configs/fgaseg/vitl_336_fast.yaml", "vitl_336_fast_cat", "ViT-L-14-336-quickgelu", (7, 15), (336, 336), "fast"),
     ],
 )
 def test_paper_configs_build_the_official_network(config_file, fixture, clip_model, guidance_layers, resolution, mode,

@@ -326,6 +326,7 @@ def test_parameter_counts_equal_the_official_models():
         ("ViT-B-16-quickgelu", "no_fast", "cat"): 13_323_875, ("ViT-B-16-quickgelu", "fast", "cat"): 13_326_758,
         ("ViT-B-16-quickgelu", "no_fast", "add"): 13_249_827, ("ViT-B-16-quickgelu", "fast", "add"): 13_252_710,
         ("ViT-L-14-336-quickgelu", "no_fast", "cat"): 25_012_579, ("ViT-L-14-336-quickgelu", "fast", "add"): 24_941_414,
+        ("ViT-L-14-336-quickgelu", "fast", "cat"): 25_015_462,
     }
     import open_clip
 
