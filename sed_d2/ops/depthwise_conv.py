@@ -128,15 +128,44 @@ class _DepthwiseConv(torch.autograd.Function):
 if triton is not None:
 
     @triton.jit
+    def accumulate_four_rows(
+        x_ptr, w_ptr, h0, offs_w, offs_c, mask_c, H, W, C, acc0, acc1, acc2, acc3,
+        K: tl.constexpr, ROWS: tl.constexpr,
+    ):  # fmt: skip
+        """The taps of a K x K depthwise filter for output rows h0..h0+3 of one image
+        (``x_ptr`` at its first pixel, channels-last, ``C`` channels, weights ``(K, K, C)``),
+        added to one ``(BLOCK_W, BLOCK_C)`` accumulator per row. Input row h0 - K//2 + r feeds
+        output row h0 + q through filter row r - q, so each input tile is loaded once for all
+        the output rows it touches; column offsets and masks are computed once per filter
+        column, not per tap. Shared by the depthwise convolution and the head convolution
+        (:mod:`.head_conv`), which sums the products over channels afterwards. Triton inlines
+        it and keeps ``C`` a compile-time constant where the caller's is."""
+        for j in tl.static_range(K):
+            ww = offs_w + (j - K // 2)
+            col = ww[:, None] * C + offs_c[None, :]
+            col_ok = ((ww >= 0) & (ww < W))[:, None] & mask_c[None, :]
+            for r in tl.static_range(K + ROWS - 1):
+                hh = h0 + (r - K // 2)
+                row_ok = (hh >= 0) & (hh < H)
+                xv = tl.load(x_ptr + hh * W * C + col, mask=col_ok & row_ok, other=0.0).to(tl.float32)
+                if r < K:
+                    acc0 += xv * tl.load(w_ptr + (r * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
+                if r >= 1 and r < K + 1:
+                    acc1 += xv * tl.load(w_ptr + ((r - 1) * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
+                if r >= 2 and r < K + 2:
+                    acc2 += xv * tl.load(w_ptr + ((r - 2) * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
+                if r >= 3:
+                    acc3 += xv * tl.load(w_ptr + ((r - 3) * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
+        return acc0, acc1, acc2, acc3
+
+    @triton.jit
     def _dw_forward_kernel(
         x_ptr, w_ptr, b_ptr, y_ptr, H, W, C,
         K: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
     ):  # fmt: skip
         # ROWS = 4 output rows h0..h0+3 of one image, BLOCK_W pixels x BLOCK_C channels, with
-        # one accumulator each. Input row h0 - K//2 + r feeds output row h0 + q through
-        # filter row r - q. Offsets inside an image are int32 (checked on the host); the
-        # per-image base is int64. Column offsets and masks are computed once per filter
-        # column, not per tap.
+        # one accumulator each (accumulate_four_rows). Offsets inside an image are int32
+        # (checked on the host); the per-image base is int64.
         tl.static_assert(ROWS == 4, "the kernel keeps four row accumulators")
         tiles_h = tl.cdiv(H, ROWS)
         pid = tl.program_id(0)
@@ -150,22 +179,9 @@ if triton is not None:
         acc1 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
         acc2 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
         acc3 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
-        for j in tl.static_range(K):
-            ww = offs_w + (j - K // 2)
-            col = ww[:, None] * C + offs_c[None, :]
-            col_ok = ((ww >= 0) & (ww < W))[:, None] & mask_c[None, :]
-            for r in tl.static_range(K + ROWS - 1):
-                hh = h0 + (r - K // 2)
-                row_ok = (hh >= 0) & (hh < H)
-                xv = tl.load(x_ptr + image + hh * W * C + col, mask=col_ok & row_ok, other=0.0).to(tl.float32)
-                if r < K:
-                    acc0 += xv * tl.load(w_ptr + (r * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
-                if r >= 1 and r < K + 1:
-                    acc1 += xv * tl.load(w_ptr + ((r - 1) * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
-                if r >= 2 and r < K + 2:
-                    acc2 += xv * tl.load(w_ptr + ((r - 2) * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
-                if r >= 3:
-                    acc3 += xv * tl.load(w_ptr + ((r - 3) * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
+        acc0, acc1, acc2, acc3 = accumulate_four_rows(
+            x_ptr + image, w_ptr, h0, offs_w, offs_c, mask_c, H, W, C, acc0, acc1, acc2, acc3, K, ROWS
+        )
         if HAS_BIAS:
             bias = tl.load(b_ptr + offs_c, mask=mask_c, other=0.0)[None, :]
             acc0 += bias

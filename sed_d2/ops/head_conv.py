@@ -98,15 +98,15 @@ def _single_output_conv_forward(x: Tensor, weight: Tensor, bias: Tensor | None, 
 
 
 if triton is not None:
+    from .depthwise_conv import accumulate_four_rows  # the taps, shared with the depthwise kernel
 
     @triton.jit
     def _single_output_conv_kernel(
         x_ptr, w_ptr, b_ptr, y_ptr, H, W, C: tl.constexpr, TILES_H, TILES_W,
         K: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
     ):  # fmt: skip
-        # ROWS = 4 output rows h0..h0+3 x BLOCK_W columns of one image. Input row
-        # h0 - K//2 + r feeds output row h0 + q through filter row r - q, so each input tile
-        # is loaded once for all the output rows it touches. The products accumulate
+        # ROWS = 4 output rows h0..h0+3 x BLOCK_W columns of one image, each input tile loaded
+        # once for all the output rows it touches (accumulate_four_rows). The products accumulate
         # element-wise over (pixel, channel) and are summed over channels once at the end
         # (no cross-thread reduction per tap). C is a compile-time constant: with a runtime
         # count Triton cannot prove the channel mask constant over a vector, and loads
@@ -126,22 +126,9 @@ if triton is not None:
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             mask_c = offs_c < C
-            for j in tl.static_range(K):
-                ww = offs_w + (j - K // 2)
-                col = ww[:, None] * C + offs_c[None, :]
-                col_ok = ((ww >= 0) & (ww < W))[:, None] & mask_c[None, :]
-                for r in tl.static_range(K + ROWS - 1):
-                    hh = h0 + (r - K // 2)
-                    row_ok = (hh >= 0) & (hh < H)
-                    xv = tl.load(x_ptr + image + hh * W * C + col, mask=col_ok & row_ok, other=0.0).to(tl.float32)
-                    if r < K:
-                        acc0 += xv * tl.load(w_ptr + (r * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
-                    if r >= 1 and r < K + 1:
-                        acc1 += xv * tl.load(w_ptr + ((r - 1) * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
-                    if r >= 2 and r < K + 2:
-                        acc2 += xv * tl.load(w_ptr + ((r - 2) * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
-                    if r >= 3:
-                        acc3 += xv * tl.load(w_ptr + ((r - 3) * K + j) * C + offs_c, mask=mask_c, other=0.0)[None, :]
+            acc0, acc1, acc2, acc3 = accumulate_four_rows(
+                x_ptr + image, w_ptr, h0, offs_w, offs_c, mask_c, H, W, C, acc0, acc1, acc2, acc3, K, ROWS
+            )
         out0 = tl.sum(acc0, axis=1)
         out1 = tl.sum(acc1, axis=1)
         out2 = tl.sum(acc2, axis=1)
