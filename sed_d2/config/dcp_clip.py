@@ -1,5 +1,16 @@
 """Config keys of DCP-CLIP (arXiv 2603.13951): the ``MODEL.DCP_CLIP`` node.
 
+DCP-CLIP extends CAT-Seg (its meta-architecture subclasses ``CATSeg``), so its CAT-Seg part
+is configured by ``MODEL.CATSEG`` (``sed_d2/config/catseg.py``), with the same defaults:
+GUIDANCE_LAYERS, SKIP_CHANNELS and SKIP_PROJ_DIMS are the decoder's shallow skip taps (the
+first len(DECODER_DIMS) of each), DECODER_DIMS the Spatial Enhanced Decoder layers (any
+number up to len(SKIP_CHANNELS), [] = none: Table VI b), HIDDEN_DIM D_c (cost embedding, TGA,
+decoder input; the paper's D_c / 2^N_s = 32 fits 128), COST_EMBED_KERNEL, WINDOW_SIZE and
+NUM_HEADS (its guided Swin pairs) and IGNORE_AS_NEGATIVE.
+CAT-Seg's aggregation keys (NUM_LAYERS, POOLING_SIZE, TEST_POOLING_SIZE, PAD_LEN,
+APPEARANCE_GUIDANCE_DIM, TEXT_GUIDANCE_DIM) have no DCP-CLIP counterpart: it refuses them
+away from their defaults. This node holds DCP-CLIP's own modules.
+
 No official code exists: every choice the paper leaves open is a key here, its default the
 recommendation of ``shared/reference/dcpclip_spec.md`` section 5 (README, DCP-CLIP section).
 """
@@ -11,21 +22,8 @@ from detectron2.config import CfgNode as CN
 def add_dcp_clip_config(cfg: CN) -> None:
     """Keys of DCP-CLIP, defaults = the full model of the paper's main results (ViT-B/16)."""
     cfg.MODEL.DCP_CLIP = CN()
-    # 0-based ViT blocks whose outputs are the decoder's shallow skip features, coarse to fine;
-    # [] = CAT-Seg's choice for the depth (B/16: 3, 7; L/14: 7, 15), the first len(DECODER_DIMS).
-    cfg.MODEL.DCP_CLIP.GUIDANCE_LAYERS = []
-    # Channels those taps are upsampled to (ConvTranspose x2, x4: CAT-Seg), one per decoder layer.
-    cfg.MODEL.DCP_CLIP.SKIP_CHANNELS = [256, 128]
-    # Channels the upsampled taps are projected to (conv3x3 + ReLU) inside each skip fusion.
-    cfg.MODEL.DCP_CLIP.SKIP_PROJ_DIMS = [32, 16]
-    # Channels of the raw-cost guidance chain P -> 32 -> 16 (SED's ConvTranspose x2 + ReLU each).
+    # Channels of the raw-cost guidance chain P -> 32 -> 16 (SED's ConvTranspose x2 + ReLU), one per decoder layer.
     cfg.MODEL.DCP_CLIP.COST_GUIDANCE_DIMS = [32, 16]
-    # Output channels of the Spatial Enhanced Decoder layers (N_s = its length; [] = none, Table VI b).
-    cfg.MODEL.DCP_CLIP.DECODER_DIMS = [64, 32]
-    # D_c: channels of the cost embedding (the paper's D_c / 2^N_s = 32 fits 128).
-    cfg.MODEL.DCP_CLIP.HIDDEN_DIM = 128
-    # Kernel of the cost embedding conv over the P template channels (CAT-Seg / SED).
-    cfg.MODEL.DCP_CLIP.COST_EMBED_KERNEL = 7
     # Dynamic category selection: the decoder runs on each image's selected classes only.
     cfg.MODEL.DCP_CLIP.DCS_ENABLED = True
     # theta: classes whose image-level softmax score exceeds it join the selection (Table VII; 0 = all).
@@ -63,10 +61,6 @@ def add_dcp_clip_config(cfg: CN) -> None:
     cfg.MODEL.DCP_CLIP.TGA_PROMPT_INIT = "a photo of a"
     # Guided Swin pairs in the decoder layers (Table VI a "Spatial-enhance"; False keeps the fusions).
     cfg.MODEL.DCP_CLIP.SPATIAL_ENHANCE = True
-    # Swin window on the patch grid (CAT-Seg: 12 on 24x24; a grid no larger is one window).
-    cfg.MODEL.DCP_CLIP.SWIN_WINDOW = 12
-    # Heads of the Swin window attention (CAT-Seg).
-    cfg.MODEL.DCP_CLIP.SWIN_HEADS = 4
     # Swin guidance from conv(up(F_patch)) (Table VI c "F_patch").
     cfg.MODEL.DCP_CLIP.FUSE_PATCH = True
     # Skip fusion with the upsampled raw cost of each class (Table VI c "F_sim").
@@ -75,8 +69,6 @@ def add_dcp_clip_config(cfg: CN) -> None:
     cfg.MODEL.DCP_CLIP.FUSE_ATTN = True
     # Kernel of the F_patch / A_CLIP guidance convs (+ ReLU, as CAT-Seg's guidance projection).
     cfg.MODEL.DCP_CLIP.GUIDANCE_KERNEL = 3
-    # True: ignored pixels are all-negative BCE targets (CAT-Seg code); False: excluded.
-    cfg.MODEL.DCP_CLIP.IGNORE_AS_NEGATIVE = True
     # Tag validation at inference: relabel regions of unseen classes that CLIP ranks low.
     cfg.MODEL.DCP_CLIP.TV_ENABLED = True
     # k of tag validation: an unseen class ranked below k by its region's CLIP feature is relabelled.

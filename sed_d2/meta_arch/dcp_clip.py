@@ -5,11 +5,12 @@ from contextlib import contextmanager
 from typing import Callable, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from ..clip import TextEncoder, get_templates
+from ..clip import TextEncoder
 from ..clip.prompt_context import ContextTextModel, PromptContext
+from ..config.catseg import add_catseg_config
 from ..layers.category_selection import present_classes
 from ..layers.tag_validation import seen_class_mask, tag_validation
 from ..models.dcp_clip import (
@@ -19,29 +20,57 @@ from ..models.dcp_clip import (
     TextGuidedAlignment,
     class_embeddings,
 )
-from .base import OpenVocabSegmentor, build_vit_clip
-from .catseg import default_guidance_layers
+from .catseg import CATSeg
 
 __all__ = ["DCPCLIP"]
 
+# MODEL.CATSEG keys of CAT-Seg's cost aggregation (its Swin / class-attention layers, class
+# pooling and padding, guidance projections), which DCP-CLIP's TGA and Spatial Enhanced Decoder
+# replace: refused away from their defaults rather than silently ignored.
+_AGGREGATION_ONLY_KEYS = (
+    "NUM_LAYERS",
+    "POOLING_SIZE",
+    "TEST_POOLING_SIZE",
+    "PAD_LEN",
+    "APPEARANCE_GUIDANCE_DIM",
+    "TEXT_GUIDANCE_DIM",
+)
+
+
+def _refuse_aggregation_keys(catseg: CfgNode) -> None:
+    declared = CfgNode({"MODEL": CfgNode()})
+    add_catseg_config(declared)
+    defaults = declared.MODEL.CATSEG
+    changed = [
+        f"MODEL.CATSEG.{key} (default {defaults[key]}, got {catseg[key]})"
+        for key in _AGGREGATION_ONLY_KEYS
+        if catseg[key] != defaults[key]
+    ]
+    if changed:
+        raise ValueError(
+            "DCP-CLIP has no CAT-Seg cost aggregation (TGA and the Spatial Enhanced Decoder replace it): leave "
+            f"{', '.join(changed)} at the default"
+        )
+
 
 @META_ARCH_REGISTRY.register()
-class DCPCLIP(OpenVocabSegmentor):
+class DCPCLIP(CATSeg):
     """DCP-CLIP: CAT-Seg's cost volume on a fine-tuned CLIP ViT, dynamic category selection,
     text-guided alignment, a spatial enhanced decoder and tag validation.
 
     :paper: https://arxiv.org/abs/2603.13951 (no official code). The network (tensors in,
-    logits and losses out) is ``sed_d2.models.dcp_clip.DCPCLIPModel``, held as
-    ``self.model``. Tag validation runs on each image's fused scores after the test protocol
-    (:meth:`inference_scores`), with the dense CLIP features of the whole image.
+    logits and losses out) is ``sed_d2.models.dcp_clip.DCPCLIPModel`` (a ``CATSegModel``),
+    held as ``self.model`` and built by CAT-Seg's ``from_config`` through its hooks: the
+    CAT-Seg part (taps, cost embedding, Swin geometry, loss) is configured by ``MODEL.CATSEG``,
+    DCP-CLIP's own modules by ``MODEL.DCP_CLIP``. Tag validation runs on each image's fused
+    scores after the test protocol (:meth:`inference_scores`), with the dense CLIP features of
+    the whole image.
     """
 
     @configurable
     def __init__(
         self,
         *,
-        model: DCPCLIPModel,
-        ignore_as_negative: bool = True,
         train_add_gt: bool = True,
         tag_validation_k: int = 0,
         prompt_template: Optional[str] = None,
@@ -49,18 +78,14 @@ class DCPCLIP(OpenVocabSegmentor):
     ):
         """
         Args:
-            model: the DCP-CLIP network.
-            ignore_as_negative: ignored pixels count as all-negative BCE targets.
             train_add_gt: in training, each image's labelled classes join its selection.
             tag_validation_k: k of tag validation at inference (0 = off).
             prompt_template: the CoOp prompt with its ``{}`` (e.g. "a photo of a {}."),
                 whose leading words the model's learnable context replaces; None = no
                 prompted text (the textual guidance uses none).
-            kwargs: arguments of :class:`OpenVocabSegmentor`.
+            kwargs: arguments of :class:`CATSeg` (``model``: the DCP-CLIP network).
         """
         super().__init__(**kwargs)
-        self.model = model
-        self.ignore_as_negative = ignore_as_negative
         self.train_add_gt = train_add_gt
         self.tag_validation_k = int(tag_validation_k)
         self.prompt_template = prompt_template
@@ -69,20 +94,45 @@ class DCPCLIP(OpenVocabSegmentor):
 
     @classmethod
     def from_config(cls, cfg):
+        _refuse_aggregation_keys(cfg.MODEL.CATSEG)
         ret = super().from_config(cfg)
-        ovseg, dcp = cfg.MODEL.OVSEG, cfg.MODEL.DCP_CLIP
-        clip_model = build_vit_clip(cfg, "DCP-CLIP")
-        visual = clip_model.visual
-        stages = len(dcp.DECODER_DIMS)
-        guidance_layers: Sequence[int] = tuple(dcp.GUIDANCE_LAYERS) or default_guidance_layers(
-            len(visual.transformer.resblocks), len(dcp.SKIP_CHANNELS)
+        dcp = cfg.MODEL.DCP_CLIP
+        uses_prompts = ret["model"].decoder.alignment.uses_prompts
+        ret.update(
+            train_add_gt=dcp.DCS_TRAIN_ADD_GT,
+            tag_validation_k=dcp.TV_TOPK if dcp.TV_ENABLED else 0,
+            prompt_template=f"{dcp.TGA_PROMPT_INIT} {{}}." if uses_prompts else None,
         )
+        return ret
+
+    @classmethod
+    def build_decoder(
+        cls,
+        cfg,
+        clip_model,
+        *,
+        num_templates: int,
+        skip_channels: Sequence[int],
+        skip_proj_dims: Sequence[int],
+        decoder_dims: Sequence[int],
+        hidden_dim: int,
+        cost_embed_kernel: int,
+        num_heads: int,
+        window_size: int,
+        **aggregation,
+    ) -> DCPCLIPDecoder:
+        """The DCP-CLIP decoder: one Spatial Enhanced Decoder layer per ``decoder_dims``
+        entry, each with the first skip taps (``skip_channels`` / ``skip_proj_dims``);
+        ``aggregation`` (CAT-Seg's aggregation arguments, :data:`_AGGREGATION_ONLY_KEYS`) is
+        not DCP-CLIP's."""
+        ovseg, dcp = cfg.MODEL.OVSEG, cfg.MODEL.DCP_CLIP
+        visual = clip_model.visual
+        stages = len(decoder_dims)
         grid = [size // patch for size, patch in zip(ovseg.CLIP_RESOLUTION, visual.patch_size)]
-        num_templates = len(get_templates(ovseg.PROMPT_TEMPLATES))
         embed_dim = visual.output_dim
         alignment = TextGuidedAlignment(
             embed_dim,
-            dcp.HIDDEN_DIM,
+            hidden_dim,
             cross_attention=dcp.TGA_CROSS_ATTENTION,
             self_attention=dcp.TGA_SELF_ATTENTION,
             cross_layers=dcp.TGA_CA_LAYERS,
@@ -94,52 +144,49 @@ class DCPCLIP(OpenVocabSegmentor):
             prompt=dcp.TGA_PROMPT,
         )
         spatial = SpatialEnhancedDecoder(
-            hidden_dim=dcp.HIDDEN_DIM,
-            decoder_dims=tuple(dcp.DECODER_DIMS),
+            hidden_dim=hidden_dim,
+            decoder_dims=tuple(decoder_dims),
             embed_dim=embed_dim,
             num_patches=grid[0] * grid[1],
-            skip_channels=tuple(dcp.SKIP_CHANNELS)[:stages],
-            skip_proj_dims=tuple(dcp.SKIP_PROJ_DIMS)[:stages],
+            skip_channels=tuple(skip_channels)[:stages],
+            skip_proj_dims=tuple(skip_proj_dims)[:stages],
             cost_guidance_dims=tuple(dcp.COST_GUIDANCE_DIMS)[:stages],
             num_templates=num_templates,
             spatial_enhance=dcp.SPATIAL_ENHANCE,
             fuse_patch=dcp.FUSE_PATCH,
             fuse_sim=dcp.FUSE_SIM,
             fuse_attn=dcp.FUSE_ATTN,
-            window_size=dcp.SWIN_WINDOW,
-            num_heads=dcp.SWIN_HEADS,
+            window_size=window_size,
+            num_heads=num_heads,
             guidance_kernel=dcp.GUIDANCE_KERNEL,
         )
         decoder = DCPCLIPDecoder(
             num_templates=num_templates,
-            hidden_dim=dcp.HIDDEN_DIM,
-            cost_embed_kernel=dcp.COST_EMBED_KERNEL,
-            skip_channels=tuple(dcp.SKIP_CHANNELS)[:stages],
+            hidden_dim=hidden_dim,
+            cost_embed_kernel=cost_embed_kernel,
+            skip_channels=tuple(skip_channels)[:stages],
             alignment=alignment,
             spatial=spatial,
         )
-        uses_prompts = alignment.uses_prompts
-        if uses_prompts:
+        if alignment.uses_prompts:
             decoder.prompt = PromptContext(clip_model, dcp.TGA_PROMPT_INIT, ovseg.CLIP_MODEL)
-        model = DCPCLIPModel(
+        return decoder
+
+    @classmethod
+    def build_network(cls, cfg, clip_model, decoder, *, guidance_layers: Sequence[int], **kwargs) -> DCPCLIPModel:
+        """The network; the decoder's layers use the first ``guidance_layers`` as skip taps."""
+        dcp = cfg.MODEL.DCP_CLIP
+        return DCPCLIPModel(
             clip_model,
             decoder,
-            guidance_layers=tuple(guidance_layers)[:stages],
-            clip_finetune=ovseg.CLIP_FINETUNE,
+            guidance_layers=tuple(guidance_layers)[: len(decoder.skip_channels)],
             selection=dcp.DCS_ENABLED,
             threshold=dcp.DCS_THRESHOLD,
             temperature=dcp.DCS_TAU,
             max_classes=dcp.DCS_MAX_CLASSES,
             cls_source=dcp.CLS_SOURCE,
+            **kwargs,
         )
-        ret.update(
-            model=model,
-            ignore_as_negative=dcp.IGNORE_AS_NEGATIVE,
-            train_add_gt=dcp.DCS_TRAIN_ADD_GT,
-            tag_validation_k=dcp.TV_TOPK if dcp.TV_ENABLED else 0,
-            prompt_template=f"{dcp.TGA_PROMPT_INIT} {{}}." if uses_prompts else None,
-        )
-        return ret
 
     # ------------------------------------------------------------------ text
     def prompt_embeddings(self) -> Optional[torch.Tensor]:

@@ -165,7 +165,7 @@ def test_a_method_without_its_network_as_self_model_must_provide_the_contract():
     [
         ("configs/catseg/tiny.yaml", "CATSeg"),
         ("configs/fgaseg/tiny.yaml", "FGASeg"),
-        ("configs/dcp_clip/tiny.yaml", "DCP-CLIP"),
+        ("configs/dcp_clip/tiny.yaml", "DCPCLIP"),
         ("configs/clip_hbd/tiny.yaml", "CLIP-HBD"),
         ("configs/synseg/tiny.yaml", "SynSeg"),
     ],

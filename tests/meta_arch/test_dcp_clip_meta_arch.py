@@ -16,28 +16,33 @@ pytestmark = requires_detectron2
 TINY = "configs/dcp_clip/tiny.yaml"
 BASE = "configs/dcp_clip/vitb_384.yaml"
 
-# Each ablation leaf and the MODEL.DCP_CLIP keys its table row flips (OUTPUT_DIR aside).
+# Each ablation leaf and the keys (under MODEL) its table row flips (OUTPUT_DIR aside): DCP-CLIP's
+# own in MODEL.DCP_CLIP, its decoder layers in MODEL.CATSEG.
+D = "DCP_CLIP."
+LAYERS = "CATSEG.DECODER_DIMS"
 ABLATIONS = {
-    "table3_row1_baseline": {"DCS_ENABLED", "TGA_CROSS_ATTENTION", "TGA_SELF_ATTENTION", "DECODER_DIMS", "TV_ENABLED"},
-    "table3_row2_dcs": {"TGA_CROSS_ATTENTION", "TGA_SELF_ATTENTION", "DECODER_DIMS", "TV_ENABLED"},
-    "table3_row3_dcs_tga": {"DECODER_DIMS", "TV_ENABLED"},
-    "table3_row4_dcs_decoder": {"TGA_CROSS_ATTENTION", "TGA_SELF_ATTENTION", "TV_ENABLED"},
-    "table3_row5_no_tv": {"TV_ENABLED"},
-    "table4_no_branches": {"TGA_CROSS_ATTENTION", "TGA_SELF_ATTENTION"},
-    "table4_cross_attention_only": {"TGA_SELF_ATTENTION"},
-    "table4_self_attention_only": {"TGA_CROSS_ATTENTION"},
-    "table5_no_cls_term": {"TGA_CLS_TERM"},
-    "table5_no_cls_term_no_prompt": {"TGA_CLS_TERM", "TGA_PROMPT"},
-    "table6a_no_spatial_enhance": {"SPATIAL_ENHANCE"},
-    "table6b_decoder_layers_0": {"DECODER_DIMS"},
-    "table6b_decoder_layers_1": {"DECODER_DIMS"},
-    "table6c_fusion_none": {"FUSE_PATCH", "FUSE_SIM", "FUSE_ATTN"},
-    "table6c_fusion_patch": {"FUSE_SIM", "FUSE_ATTN"},
-    "table6c_fusion_patch_sim": {"FUSE_ATTN"},
-    "table7_theta_0.9": {"DCS_THRESHOLD"},
-    "table7_theta_0.8": {"DCS_THRESHOLD"},
-    "table7_theta_0.2": {"DCS_THRESHOLD"},
-    "table7_theta_0": {"DCS_THRESHOLD"},
+    "table3_row1_baseline": {
+        D + "DCS_ENABLED", D + "TGA_CROSS_ATTENTION", D + "TGA_SELF_ATTENTION", LAYERS, D + "TV_ENABLED"
+    },
+    "table3_row2_dcs": {D + "TGA_CROSS_ATTENTION", D + "TGA_SELF_ATTENTION", LAYERS, D + "TV_ENABLED"},
+    "table3_row3_dcs_tga": {LAYERS, D + "TV_ENABLED"},
+    "table3_row4_dcs_decoder": {D + "TGA_CROSS_ATTENTION", D + "TGA_SELF_ATTENTION", D + "TV_ENABLED"},
+    "table3_row5_no_tv": {D + "TV_ENABLED"},
+    "table4_no_branches": {D + "TGA_CROSS_ATTENTION", D + "TGA_SELF_ATTENTION"},
+    "table4_cross_attention_only": {D + "TGA_SELF_ATTENTION"},
+    "table4_self_attention_only": {D + "TGA_CROSS_ATTENTION"},
+    "table5_no_cls_term": {D + "TGA_CLS_TERM"},
+    "table5_no_cls_term_no_prompt": {D + "TGA_CLS_TERM", D + "TGA_PROMPT"},
+    "table6a_no_spatial_enhance": {D + "SPATIAL_ENHANCE"},
+    "table6b_decoder_layers_0": {LAYERS},
+    "table6b_decoder_layers_1": {LAYERS},
+    "table6c_fusion_none": {D + "FUSE_PATCH", D + "FUSE_SIM", D + "FUSE_ATTN"},
+    "table6c_fusion_patch": {D + "FUSE_SIM", D + "FUSE_ATTN"},
+    "table6c_fusion_patch_sim": {D + "FUSE_ATTN"},
+    "table7_theta_0.9": {D + "DCS_THRESHOLD"},
+    "table7_theta_0.8": {D + "DCS_THRESHOLD"},
+    "table7_theta_0.2": {D + "DCS_THRESHOLD"},
+    "table7_theta_0": {D + "DCS_THRESHOLD"},
 }
 
 
@@ -122,7 +127,7 @@ def test_each_ablation_leaf_flips_exactly_its_rows_keys_and_trains(leaf):
     path = f"configs/dcp_clip/ablations/{leaf}.yaml"
     base, resolved = _flat(get_cfg(os.path.join(ROOT, BASE))), _flat(get_cfg(os.path.join(ROOT, path)))
     changed = {key for key in base if base[key] != resolved[key]} - {"OUTPUT_DIR"}
-    assert changed == {f"MODEL.DCP_CLIP.{key}" for key in ABLATIONS[leaf]}
+    assert changed == {f"MODEL.{key}" for key in ABLATIONS[leaf]}
     # the leaf, CPU-sized: one training step reaches every trainable parameter
     torch.manual_seed(0)
     model = build_model(get_cfg(os.path.join(ROOT, path), tiny_opts_for(BASE))).train()
@@ -133,6 +138,52 @@ def test_each_ablation_leaf_flips_exactly_its_rows_keys_and_trains(leaf):
     sum(model(inputs).values()).backward()
     for name, parameter in model.named_parameters():
         assert (parameter.grad is not None) == (model.parameter_groups[name] != "frozen"), name
+
+
+def test_is_catseg_one_level_deep_and_its_catseg_keys_reach_the_network():
+    from sed_d2.meta_arch import DCPCLIP, CATSeg
+
+    assert DCPCLIP.__bases__ == (CATSeg,)
+    model = _build(
+        "MODEL.CATSEG.GUIDANCE_LAYERS", "[2, 0, 1]",
+        "MODEL.CATSEG.SKIP_CHANNELS", "[12, 6, 4]",
+        "MODEL.CATSEG.SKIP_PROJ_DIMS", "[6, 3, 2]",
+        "MODEL.CATSEG.DECODER_DIMS", "[24]",
+        "MODEL.CATSEG.HIDDEN_DIM", "16",
+        "MODEL.CATSEG.COST_EMBED_KERNEL", "3",
+        "MODEL.CATSEG.NUM_HEADS", "4",
+        "MODEL.CATSEG.WINDOW_SIZE", "2",
+        "MODEL.CATSEG.IGNORE_AS_NEGATIVE", "False",
+    )
+    network, spatial = model.model, model.model.decoder.spatial
+    # one decoder layer: the first skip tap, channels and projection of each list
+    assert network.guidance_layers == (2,) and [m.out_channels for m in network.guidance_upsamplers] == [12]
+    assert [m.out_channels for m in spatial.skip_projections] == [6]
+    assert [f.double_conv.conv1.out_channels for f in spatial.fusions] == [24] and spatial.head.in_channels == 24
+    assert network.decoder.cost_embed.conv.out_channels == 16 and network.decoder.cost_embed.conv.kernel_size == (3, 3)
+    block = spatial.spatial[0].block0
+    assert (block.window_size, block.attn.num_heads) == (2, 4)
+    assert not model.ignore_as_negative
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("NUM_LAYERS", "3"),
+        ("POOLING_SIZE", "(1, 1)"),
+        ("TEST_POOLING_SIZE", "(2, 2)"),
+        ("PAD_LEN", "16"),
+        ("APPEARANCE_GUIDANCE_DIM", "16"),
+        ("TEXT_GUIDANCE_DIM", "16"),
+    ],
+)
+def test_catseg_aggregation_keys_are_refused_not_ignored(key, value):
+    from sed_d2.config import get_cfg
+
+    default = get_cfg().MODEL.CATSEG[key]
+    _build(f"MODEL.CATSEG.{key}", repr(default))  # its default, spelled out: accepted
+    with pytest.raises(ValueError, match=rf"DCP-CLIP has no CAT-Seg cost aggregation.*leave MODEL.CATSEG.{key} \(default"):
+        _build(f"MODEL.CATSEG.{key}", value)
 
 
 def test_tag_validation_runs_on_the_protocols_fused_scores():
