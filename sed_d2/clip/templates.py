@@ -3,7 +3,8 @@
 The strings are data: they are taken verbatim (including their inconsistent
 punctuation and capitalisation) from the official SED code
 (``sed/third_party/imagenet_templates.py``), which took the 80 ImageNet templates
-from OpenAI's CLIP prompt-engineering notebook. Changing a single character
+from OpenAI's CLIP prompt-engineering notebook, and from TCL's
+``datasets/templates.py`` (``tcl_custom``). Changing a single character
 changes the text embeddings and therefore the numbers of released checkpoints.
 
 Every set is a tuple so that no caller can alter the shared module-level data;
@@ -16,6 +17,8 @@ __all__ = [
     "IMAGENET_TEMPLATES",
     "IMAGENET_SELECT_TEMPLATES",
     "SINGLE_TEMPLATE",
+    "TCL_CUSTOM_TEMPLATES",
+    "FGASEG_PAPER_TEMPLATE",
     "TEMPLATE_SETS",
     "get_templates",
 ]
@@ -129,13 +132,36 @@ CLIP_PHOTO_TEMPLATE = ("a photo of a {}.",)
 # all but one token to nearly the same vector (SynSeg's tiny config).
 CLASS_NAME_TEMPLATE = ("{}",)
 
-# Name -> template set; the names are the values of SED's PROMPT_ENSEMBLE_TYPE.
+# TCL's "custom" set (kakaobrain/tcl, datasets/templates.py: its 7-template ImageNet subset
+# followed by "a photo of many {}." and "a photo of {}s.", "custom template boosts performance a
+# little"), in TCL's order. TCL averages a class's 9 raw text embeddings, then normalises; sed_d2's
+# SynSeg averages the 9 normalised ones (the TextEncoder's), then normalises again.
+TCL_CUSTOM_TEMPLATES = (
+    'itap of a {}.',
+    'a bad photo of a {}.',
+    'a origami {}.',
+    'a photo of the large {}.',
+    'a {} in a video game.',
+    'art of the {}.',
+    'a photo of the small {}.',
+    'a photo of many {}.',
+    'a photo of {}s.',
+)
+
+# The FGAseg paper's prompt, "a photo of <CLASS>" (Sec. IV, implementation details): a GUESS at
+# the exact string (the paper prints no article and no full stop); the official FGA-seg code
+# uses "single", FGAseg's default.
+FGASEG_PAPER_TEMPLATE = ("a photo of {}",)
+
+# Name -> template set; the first three names are the values of SED's PROMPT_ENSEMBLE_TYPE.
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "imagenet": IMAGENET_TEMPLATES,
     "imagenet_select": IMAGENET_SELECT_TEMPLATES,
     "single": SINGLE_TEMPLATE,
     "clip_photo": CLIP_PHOTO_TEMPLATE,
     "class_name": CLASS_NAME_TEMPLATE,
+    "tcl_custom": TCL_CUSTOM_TEMPLATES,
+    "fgaseg_paper": FGASEG_PAPER_TEMPLATE,
 }
 
 
@@ -144,7 +170,8 @@ def get_templates(name: str) -> list[str]:
 
     Args:
         name: one of ``"imagenet"`` (80), ``"imagenet_select"`` (8), ``"single"`` (1),
-            ``"clip_photo"`` (1), ``"class_name"`` (1).
+            ``"clip_photo"`` (1), ``"class_name"`` (1), ``"tcl_custom"`` (9),
+            ``"fgaseg_paper"`` (1).
 
     Raises:
         ValueError: for an unknown name; the message lists the valid ones.

@@ -27,7 +27,9 @@ def add_ovseg_config(cfg: CN) -> None:
     cfg.MODEL.OVSEG.CLIP_PIXEL_STD = [68.5005327, 66.6321579, 70.3231630]
     # (H, W) every image is resized to before CLIP, as the official code does (768x768).
     cfg.MODEL.OVSEG.CLIP_RESOLUTION = (768, 768)
-    # Prompt template set: "imagenet" (80, kept as separate channels), "imagenet_select", "single".
+    # Prompt template set (sed_d2/clip/templates.py): "imagenet" (80, kept as separate channels),
+    # "imagenet_select" (8), "single", "clip_photo", "class_name", "tcl_custom" (TCL's 9),
+    # "fgaseg_paper" (1). SynSeg averages a set's templates; FGAseg needs a one-template set.
     cfg.MODEL.OVSEG.PROMPT_TEMPLATES = "imagenet"
     # Synonyms in one class name ("a, b"): "mean" of their embeddings (SED) or the "first" only (CAT-Seg).
     cfg.MODEL.OVSEG.SYNONYM_RULE = "mean"
@@ -82,6 +84,15 @@ def add_ovseg_config(cfg: CN) -> None:
     cfg.TEST.SLIDING_WINDOW.GLOBAL_SIZE = []
     # "mean": (windows + global) / 2 (CAT-Seg); "max": element-wise maximum.
     cfg.TEST.SLIDING_WINDOW.MERGE = "mean"
+    # PAMR (sed_d2/layers/pamr.py), TCL's test-time refinement: each view's scores at the network's
+    # output size, before the views merge and the background channel is added; any method, off.
+    cfg.TEST.PAMR = CN()
+    # Refine the scores with PAMR (SynSeg's paper does not: off; on = TCL's protocol).
+    cfg.TEST.PAMR.ENABLED = False
+    # Refinement steps (TCL: 10).
+    cfg.TEST.PAMR.ITERS = 10
+    # Dilations of the 3x3 neighbourhoods, all used together (TCL: [1, 2, 4, 8, 12, 24]).
+    cfg.TEST.PAMR.DILATIONS = [1, 2, 4, 8, 12, 24]
     # Also report boundary IoU per class and its mean (mBoundaryIoU, sed_d2/engine/metrics.py)
     # next to mIoU; off by default: it costs a CPU pass per image (CLIP-HBD's configs ask for it).
     cfg.TEST.BOUNDARY_IOU = False

@@ -29,6 +29,7 @@ from .cost_volume import CostEmbedding, CostVolume, cosine_cost_volume
 from .film import FiLM
 from .linear_attention import LinearAttention, MultiHeadLinearAttention
 from .norms import group_norm, layer_norm, layer_norm_linear
+from .pamr import PAMR
 from .upsampling import Conv2dReLU, ConvTranspose2dReLU, DoubleConv, SkipFusion
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "LinearAttention",
     "Mlp",
     "MultiHeadLinearAttention",
+    "PAMR",
     "SkipFusion",
     "channels_last_class_maps",
     "convnext_block_forward",

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from detectron2.modeling import META_ARCH_REGISTRY
 
+from ..clip import get_templates
+from ..clip.templates import TEMPLATE_SETS
 from ..models.fgaseg import FGASegDecoder, FGASegModel, build_fgaseg_decoder_for
 from .catseg import CATSeg
 
@@ -25,10 +27,15 @@ class FGASeg(CATSeg):
 
     @classmethod
     def from_config(cls, cfg):
-        if cfg.MODEL.OVSEG.PROMPT_TEMPLATES != "single":
+        # The P2Tformer refines one text embedding per class (P = 1): one-template sets only,
+        # "single" (the official code's) or "fgaseg_paper" (the paper's wording).
+        name = cfg.MODEL.OVSEG.PROMPT_TEMPLATES
+        count = len(get_templates(name))
+        if count != 1:
+            single = sorted(n for n, templates in TEMPLATE_SETS.items() if len(templates) == 1)
             raise ValueError(
-                "FGAseg refines one text embedding per class: MODEL.OVSEG.PROMPT_TEMPLATES must be 'single', "
-                f"got {cfg.MODEL.OVSEG.PROMPT_TEMPLATES!r}"
+                "FGAseg refines one text embedding per class: MODEL.OVSEG.PROMPT_TEMPLATES must be 'single' "
+                f"(the official code's) or another one-template set {single}, got {name!r} ({count} templates)"
             )
         return super().from_config(cfg)
 

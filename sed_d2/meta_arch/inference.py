@@ -13,6 +13,11 @@ One home for every method's test-time protocol, chosen by ``TEST.PROTOCOL``:
   the image resized to 384); with a grid it is SynSeg's multi-view protocol (2x2 quadrants of
   the native image plus the whole image).
 
+Either protocol can refine each view's scores before they are merged (``refine``, e.g.
+:class:`~sed_d2.layers.pamr.PAMR` from ``TEST.PAMR``: TCL's test-time PAMR, which TCL's
+``TCLSegInference.encode_decode`` applies per window to the soft masks at the mask resolution,
+before the windows are resized and merged and before the background channel is added).
+
 A protocol returns, per image, (T, h, w) scores at a working size; the meta-architecture's
 ``postprocess`` resizes them to the image's original size. Both protocols run any batch size
 and images of different sizes: all views of all images go through the network together.
@@ -21,16 +26,32 @@ Protocols use only the method contract (``prepare_images``, ``forward_test``,
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..layers.pamr import PAMR
 from ..ops.window_merge import merge_window_scores
 
-__all__ = ["InferenceProtocol", "SlidingWindow", "WholeImage", "build_inference_protocol", "window_boxes"]
+__all__ = [
+    "InferenceProtocol",
+    "SlidingWindow",
+    "WholeImage",
+    "build_inference_protocol",
+    "build_refine",
+    "window_boxes",
+]
 
 Box = Tuple[int, int, int, int]  # top, left, height, width
+
+# ``refine(images, scores) -> scores``: images (V, 3, H, W) as the network saw them
+# (CLIP-normalised views), scores (V, T, h, w) of those views at the network's output size.
+Refine = Callable[[Tensor, Tensor], Tensor]
+
+
+def _identity(scores: Tensor) -> Tensor:
+    return scores
 
 
 def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
@@ -46,17 +67,30 @@ class InferenceProtocol:
     """``protocol(model, images, text) -> [(T, h, w) scores per image]``.
 
     ``images``: raw (3, H, W) float 0-255 RGB tensors on the model's device (any sizes);
-    ``text``: the (T, P, C) text embeddings of the current vocabulary."""
+    ``text``: the (T, P, C) text embeddings of the current vocabulary.
+
+    ``refine``: None, or ``refine(views, scores) -> scores`` applied to every view's scores
+    at the network's output size, with the CLIP-normalised views the network saw (PAMR)."""
+
+    refine: Optional[Refine] = None
 
     def __call__(self, model, images: List[Tensor], text: Tensor) -> List[Tensor]:
         raise NotImplementedError
 
 
 class WholeImage(InferenceProtocol):
-    """Each image resized to the CLIP resolution; scores at network resolution."""
+    """Each image resized to the CLIP resolution; scores at network resolution (refined by
+    ``refine``, if any)."""
+
+    def __init__(self, refine: Optional[Refine] = None):
+        self.refine = refine
 
     def __call__(self, model, images, text):
-        return list(model.forward_test(model.prepare_images(images), text))
+        views = model.prepare_images(images)
+        scores = model.forward_test(views, text)
+        if self.refine is not None:
+            scores = self.refine(views, scores)
+        return list(scores)
 
 
 def window_boxes(
@@ -104,6 +138,8 @@ class SlidingWindow(InferenceProtocol):
             logits are resized back to it before the activation (CAT-Seg: 384); None = the
             working size (its logits are resized straight to it).
         merge: "mean" ((windows + global) / 2, CAT-Seg) or "max" (element-wise maximum).
+        refine: None, or applied to every view's scores at the network's output size before
+            they are resized to the view and merged (PAMR, as TCL applies it per window).
 
     Per view, the logits are resized (bilinear) to the view's input size and then turned
     into scores (``model.logits_to_scores``), as the official CAT-Seg code does; overlapping
@@ -122,6 +158,7 @@ class SlidingWindow(InferenceProtocol):
         global_view: bool = True,
         global_size: Optional[Sequence[int]] = None,
         merge: str = "mean",
+        refine: Optional[Refine] = None,
     ):
         if merge not in ("mean", "max"):
             raise ValueError(f"merge must be 'mean' or 'max', got {merge!r}")
@@ -134,6 +171,7 @@ class SlidingWindow(InferenceProtocol):
         self.global_view = global_view
         self.global_size = tuple(global_size) if global_size else None
         self.merge = merge
+        self.refine = refine
 
     def __call__(self, model, images, text):
         views, plans = [], []
@@ -144,9 +182,15 @@ class SlidingWindow(InferenceProtocol):
             if self.global_view:
                 views.append(_resize(image, self.global_size) if self.global_size else image)
             plans.append((tuple(work.shape[-2:]), boxes))
-        logits = model.network_logits(model.prepare_images(views), text)
+        views = model.prepare_images(views)
+        logits = model.network_logits(views, text)
         # the float32 sigmoid of the base contract is fused into the merge (ops.window_merge)
         activation = None if getattr(model, "sigmoid_scores", False) else model.logits_to_scores
+        if self.refine is not None:
+            # refined scores at the network's output size, then resized to their views and
+            # merged as they are (TCL: PAMR on each window's soft masks, then resize, merge)
+            logits = self.refine(views, model.logits_to_scores(logits))
+            activation = _identity
         results, index = [], 0
         for size, boxes in plans:
             count = len(boxes) + int(self.global_view)
@@ -165,11 +209,25 @@ class SlidingWindow(InferenceProtocol):
         return results
 
 
+def build_refine(cfg) -> Optional[Refine]:
+    """``TEST.PAMR``: a :class:`~sed_d2.layers.pamr.PAMR` when ``ENABLED``, else None."""
+    node = cfg.TEST.PAMR
+    enabled, iterations, dilations = node.ENABLED, node.ITERS, node.DILATIONS
+    if not enabled:
+        return None
+    try:
+        return PAMR(iterations, dilations)
+    except ValueError as e:
+        raise ValueError(f"TEST.PAMR.ITERS / TEST.PAMR.DILATIONS: {e}") from None
+
+
 def build_inference_protocol(cfg) -> InferenceProtocol:
-    """The protocol named by ``TEST.PROTOCOL`` with its ``TEST.SLIDING_WINDOW`` settings."""
+    """The protocol named by ``TEST.PROTOCOL`` with its ``TEST.SLIDING_WINDOW`` settings and
+    the ``TEST.PAMR`` refinement of each view's scores."""
     name = cfg.TEST.PROTOCOL
+    refine = build_refine(cfg)
     if name == "whole":
-        return WholeImage()
+        return WholeImage(refine=refine)
     if name == "sliding_window":
         sw = cfg.TEST.SLIDING_WINDOW
         return SlidingWindow(
@@ -180,5 +238,6 @@ def build_inference_protocol(cfg) -> InferenceProtocol:
             global_view=sw.GLOBAL_VIEW,
             global_size=sw.GLOBAL_SIZE or None,
             merge=sw.MERGE,
+            refine=refine,
         )
     raise ValueError(f"TEST.PROTOCOL must be 'whole' or 'sliding_window', got {name!r}")

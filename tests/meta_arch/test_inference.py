@@ -1,11 +1,12 @@
 """Inference protocols (sed_d2.meta_arch.inference) on toy networks: window geometry, an
 identity network reproduces its input, the official CAT-Seg sliding-window arithmetic, any
-batch with mixed sizes."""
+batch with mixed sizes, the per-view score refinement (PAMR, TCL's placement)."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sed_d2.layers.pamr import PAMR, pamr
 from sed_d2.meta_arch.inference import SlidingWindow, WholeImage, window_boxes
 from tests.conftest import requires_detectron2
 
@@ -99,6 +100,53 @@ def test_any_batch_and_mixed_sizes_equal_one_by_one():
         batched = protocol(toy, images, None)
         for image, result in zip(images, batched):
             torch.testing.assert_close(result, protocol(toy, [image], None)[0], rtol=0, atol=0)
+
+
+def test_refine_gets_each_views_network_input_and_scores_before_the_merge():
+    toy = _Toy(resolution=(8, 8), mix=True)
+    image = torch.rand(3, 12, 16) * 4 - 2
+    seen = []
+
+    def refine(views, scores):
+        seen.append((tuple(views.shape), tuple(scores.shape)))
+        torch.testing.assert_close(views, toy.prepare_images(list(views)))  # the prepared views
+        return torch.full_like(scores, 0.3)
+
+    for protocol in (
+        WholeImage(refine=refine),
+        SlidingWindow(grid=(2, 2), refine=refine),
+        SlidingWindow(window=(6, 8), stride=(3, 4), global_size=(6, 8), refine=refine),
+    ):
+        out = protocol(toy, [image, image[:, :10]], None)
+        for o in out:
+            torch.testing.assert_close(o, torch.full_like(o, 0.3), rtol=0, atol=1e-6)
+    # one call per batch: 2 images; 2 x 5 views; 2 x (9 + 1) views, all at the network size
+    assert seen == [((2, 3, 8, 8), (2, 3, 8, 8)), ((10, 3, 8, 8), (10, 3, 8, 8)), ((20, 3, 8, 8), (20, 3, 8, 8))]
+
+
+def test_pamr_refines_the_views_scores_then_they_are_resized_and_merged():
+    # TCL: PAMR on each window's soft masks at the mask resolution, then resize and merge
+    torch.manual_seed(2)
+    toy = _Toy(resolution=(8, 8), mix=True)
+    image = torch.rand(3, 12, 16) * 4 - 2
+    refined = SlidingWindow(grid=(2, 2), refine=PAMR(3, (1, 2)))(toy, [image], None)[0]
+    boxes = window_boxes((12, 16), grid=(2, 2))
+    views = toy.prepare_images([image[:, y : y + h, x : x + w] for y, x, h, w in boxes] + [image])
+    scores = pamr(views, toy.network_logits(views, None).sigmoid(), 3, (1, 2))
+    windows = torch.zeros(3, 12, 16)
+    for index, (y, x, h, w) in enumerate(boxes):
+        windows[:, y : y + h, x : x + w] = F.interpolate(scores[index : index + 1], size=(h, w), mode="bilinear")[0]
+    whole = F.interpolate(scores[-1:], size=(12, 16), mode="bilinear")[0]
+    torch.testing.assert_close(refined, (windows + whole) / 2, rtol=0, atol=1e-6)
+    plain = SlidingWindow(grid=(2, 2))(toy, [image], None)[0]
+    assert (refined - plain).abs().max() > 1e-3
+    # the whole-image protocol: PAMR on the network-size scores
+    torch.testing.assert_close(
+        WholeImage(refine=PAMR(3, (1, 2)))(toy, [image], None)[0],
+        pamr(toy.prepare_images([image]), toy.forward_test(toy.prepare_images([image]), None), 3, (1, 2))[0],
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_bad_settings_are_refused():

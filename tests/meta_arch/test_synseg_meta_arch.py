@@ -230,3 +230,64 @@ def test_phrases_are_encoded_over_the_shortened_context_exactly():
         torch.testing.assert_close(encode_text_truncated(model.clip_model, tokens), model.clip_model.encode_text(tokens))
     torch.testing.assert_close(shortened, full, rtol=1e-5, atol=1e-6)
     assert int(tokens.argmax(-1).max()) + 1 < 20  # what the tower ran over, instead of 77
+
+
+def test_pamr_is_off_by_default_changes_the_scores_when_on_and_off_is_bit_identical():
+    from sed_d2.layers import PAMR
+    from sed_d2.layers.pamr import pamr
+
+    model = _build().eval()
+    assert model.inference_protocol.refine is None  # TEST.PAMR.ENABLED False: SynSeg's own protocol
+    images = _images(2, size=(64, 80))
+    with torch.no_grad():
+        model.set_vocabulary(["sky", "grass", "road"])
+        off = model.inference_scores(images)
+        model.inference_protocol.refine = PAMR(3, (1, 2, 4))
+        on = model.inference_scores(images)
+        model.inference_protocol.refine = None
+        off_again = model.inference_scores(images)
+    for a, b, c in zip(off, on, off_again):
+        assert torch.equal(a, c) and a.shape == b.shape
+        assert (a - b).abs().max() > 1e-4
+    # the keys build it; one whole-image view: PAMR of its scores with the view the network saw
+    whole = ("TEST.PROTOCOL", "whole", "TEST.PAMR.ITERS", "3", "TEST.PAMR.DILATIONS", "[1, 2, 4]")
+    refined = _build(TINY, *whole, "TEST.PAMR.ENABLED", "True").eval()
+    plain = _build(TINY, *whole).eval()
+    refine = refined.inference_protocol.refine
+    assert isinstance(refine, PAMR) and (refine.iterations, refine.dilations) == (3, (1, 2, 4))
+    with torch.no_grad():
+        for m in (refined, plain):
+            m.set_vocabulary(["background", "sky", "grass"], background_index=0)
+        views = plain.prepare_images(images)
+        expected = pamr(views, plain.forward_test(views, plain.text_embeddings()), 3, (1, 2, 4))
+        scores = refined.inference_scores(images)
+    for score, expect in zip(scores, expected):
+        assert torch.all(score[0] == 0.4)  # the background constant is added after PAMR, as TCL does
+        torch.testing.assert_close(score[1:], expect, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="TEST.PAMR.ITERS / TEST.PAMR.DILATIONS"):
+        _build(TINY, "TEST.PAMR.ENABLED", "True", "TEST.PAMR.DILATIONS", "[]")
+
+
+def test_tcl_custom_templates_are_averaged_end_to_end():
+    from sed_d2.clip.templates import TCL_CUSTOM_TEMPLATES
+    from sed_d2.meta_arch.synseg import class_embeddings
+    from tests.d2_helpers import detectron2_inputs
+
+    model = _build(TINY, "MODEL.OVSEG.PROMPT_TEMPLATES", "tcl_custom")
+    assert model.templates == list(TCL_CUSTOM_TEMPLATES) and len(model.templates) == 9
+    names = ["sky", "grass"]
+    model.eval()
+    with torch.no_grad():
+        model.set_vocabulary(names)
+        text = model.text_embeddings()
+        assert text.shape[:2] == (2, 9)  # (T, P, C): the templates kept apart, averaged by SynSeg
+        tokens = model.text_encoder.tokenizer([t.format("grass") for t in TCL_CUSTOM_TEMPLATES])
+        one_by_one = torch.nn.functional.normalize(model.clip_model.encode_text(tokens).float(), dim=-1)
+        torch.testing.assert_close(class_embeddings(text)[1], torch.nn.functional.normalize(one_by_one.mean(0), dim=0))
+        outputs = model(detectron2_inputs([(64, 80), (48, 64)]))
+    assert [tuple(o["sem_seg"].shape) for o in outputs] == [(2, 64, 80), (2, 48, 64)]
+    # training from phrases and from label maps with the 9 templates
+    model.train()
+    losses = model([{"image": _images(1)[0], "nouns": ["a dog", "sky"]}, {"image": _images(1, seed=1)[0], "nouns": ["tree"]}])
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
