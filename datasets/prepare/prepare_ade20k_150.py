@@ -14,61 +14,34 @@ Mapping (official SED/CAT-Seg script, detectron2's ``prepare_ade20k_sem_seg.py``
 validation is converted by default, as in the official script.
 """
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import label_remap as lr
 import numpy as np
+from label_remap import pu
 
-if importlib.util.find_spec("sed_d2") is None:  # not pip-installed yet: use this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from sed_d2.data import prepare_utils as pu  # noqa: E402
-
-SPLITS = ("training", "validation")
-DEFAULT_SPLITS = ("validation",)
-OFFICIAL_SIZES = {"training": 20210, "validation": 2000}
+ANNOTATIONS = lr.AnnotationFolders(
+    "ADEChallengeData2016",
+    {"training": 20210, "validation": 2000},
+    what=("ADE20K-150 {split} annotations", "ADE20K-150 {split} images"),
+    hint="Download http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip and "
+    "unzip it into <root> (see datasets/README.md).",
+)
 NUM_CLASSES = 150
 IGNORE_LABEL = 255
 LUT = (np.arange(256, dtype=np.int64) - 1).astype(np.uint8)  # 0 -> 255, k -> k - 1
-KNOWN_RAW_VALUES = frozenset(range(NUM_CLASSES + 1))
-ALLOWED_OUTPUT_VALUES = frozenset(range(NUM_CLASSES)) | {IGNORE_LABEL}
-HINT = (
-    "Download http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip and unzip "
-    "it into <root> (see datasets/README.md)."
+REMAP = lr.LutRemap(
+    LUT,
+    frozenset(range(NUM_CLASSES + 1)),  # raw values defined: 0 = other, 1..150
+    frozenset(range(NUM_CLASSES)) | {IGNORE_LABEL},
+    "raw value {value} is above the 150 classes (written as value - 1)",
 )
-
-
-def convert(task: pu.Task) -> pu.TaskResult:
-    return pu.remap_label_png(
-        task.source,
-        task.outputs[0],
-        LUT,
-        known_raw_values=KNOWN_RAW_VALUES,
-        unknown_note="raw value {value} is above the 150 classes (written as value - 1)",
-    )
-
-
-def main(argv=None) -> int:
-    parser = pu.build_argument_parser(__doc__, splits=SPLITS, default_splits=DEFAULT_SPLITS)
-    args = parser.parse_args(argv)
-    dataset_dir = pu.resolve_root(args.root) / "ADEChallengeData2016"
-    splits = pu.parse_splits(args.splits, SPLITS)
-
-    tasks, outputs = pu.annotation_folder_tasks(
-        dataset_dir,
-        splits,
-        "annotations_detectron2",
-        what="ADE20K-150 {split} annotations",
-        images_what="ADE20K-150 {split} images",
-        hint=HINT,
-        official_sizes=OFFICIAL_SIZES,
-        allowed_values=ALLOWED_OUTPUT_VALUES,
-    )
-    return pu.run_and_summarize(
-        "prepare_ade20k_150", tasks, convert, outputs, args, desc="ADE20K-150"
-    )
-
+main = ANNOTATIONS.main(
+    __file__,
+    __doc__,
+    desc="ADE20K-150",
+    output_dirname="annotations_detectron2",
+    remap=REMAP,
+    default_splits=("validation",),
+)
 
 if __name__ == "__main__":
     pu.run_main(main)

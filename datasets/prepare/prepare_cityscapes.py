@@ -16,14 +16,8 @@ everything else 255), which needs no cityscapesScripts. The two are expected to 
 (see datasets/README.md: worth checking on one city of the real data).
 """
 
-import importlib.util
-import sys
-from pathlib import Path
-
-if importlib.util.find_spec("sed_d2") is None:  # not pip-installed yet: use this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from sed_d2.data import prepare_utils as pu  # noqa: E402
+import label_remap as lr
+from label_remap import pu
 
 SPLITS = ("train", "val")
 DEFAULT_SPLITS = ("val",)
@@ -54,8 +48,13 @@ LABEL_ID_TO_TRAIN_ID = {
     33: 18,  # bicycle
 }
 LUT = pu.make_lut(LABEL_ID_TO_TRAIN_ID, size=256, default=IGNORE_LABEL)
-KNOWN_RAW_VALUES = frozenset(range(34))
-ALLOWED_OUTPUT_VALUES = frozenset(range(19)) | {IGNORE_LABEL}
+REMAP = lr.LutRemap(
+    LUT,
+    frozenset(range(34)),  # raw values defined: the label ids 0..33
+    frozenset(range(19)) | {IGNORE_LABEL},
+    "raw value {value} is not a Cityscapes label id (written as 255)",
+    modes=("L",),
+)
 HINT = (
     "Download gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip from "
     "https://www.cityscapes-dataset.com/downloads/ (sign-in needed) and unzip both into "
@@ -63,23 +62,10 @@ HINT = (
 )
 
 
-def convert(task: pu.Task) -> pu.TaskResult:
-    return pu.remap_label_png(
-        task.source,
-        task.outputs[0],
-        LUT,
-        known_raw_values=KNOWN_RAW_VALUES,
-        unknown_note="raw value {value} is not a Cityscapes label id (written as 255)",
-        modes=("L",),
-    )
-
-
 def main(argv=None) -> int:
-    parser = pu.build_argument_parser(__doc__, splits=SPLITS, default_splits=DEFAULT_SPLITS)
-    args = parser.parse_args(argv)
-    dataset_dir = pu.resolve_root(args.root) / "cityscapes"
-    splits = pu.parse_splits(args.splits, SPLITS)
-
+    args, dataset_dir, splits = lr.parse_dataset_args(
+        __doc__, argv, "cityscapes", SPLITS, DEFAULT_SPLITS
+    )
     tasks, outputs = [], {}
     for split in splits:
         gt_dir = pu.require_dir(dataset_dir / "gtFine" / split, f"Cityscapes gtFine/{split}", HINT)
@@ -90,11 +76,10 @@ def main(argv=None) -> int:
             out = src.with_name(src.name[: -len(LABEL_ID_SUFFIX)] + TRAIN_ID_SUFFIX)
             tasks.append(pu.Task(split, str(src), (str(out),)))
         outputs[split] = pu.SplitOutput(
-            gt_dir, TRAIN_ID_SUFFIX, OFFICIAL_SIZES[split], ALLOWED_OUTPUT_VALUES, recursive=True
+            gt_dir, TRAIN_ID_SUFFIX, OFFICIAL_SIZES[split], REMAP.allowed_values, recursive=True
         )
-
     return pu.run_and_summarize(
-        "prepare_cityscapes", tasks, convert, outputs, args, desc="Cityscapes"
+        "prepare_cityscapes", tasks, REMAP, outputs, args, desc="Cityscapes"
     )
 
 

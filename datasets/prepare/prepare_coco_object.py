@@ -18,19 +18,12 @@ written as 255 (ignore) and counted in the summary. The file names keep the imag
 official ``<stem>_instanceTrainIds.png`` naming cannot be paired by detectron2).
 """
 
-import importlib.util
-import sys
-from pathlib import Path
+import dataclasses
 
-if importlib.util.find_spec("sed_d2") is None:  # not pip-installed yet: use this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import label_remap as lr
+from label_remap import pu
+from prepare_coco_stuff import STUFF_THING_MAPS, UNUSED_RAW_VALUES
 
-from sed_d2.data import prepare_utils as pu  # noqa: E402
-
-SPLITS = ("train2017", "val2017")
-DEFAULT_SPLITS = ("val2017",)  # the benchmark is val only
-OFFICIAL_SIZES = {"train2017": 118287, "val2017": 5000}
-UNUSED_RAW_VALUES = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
 THING_RAW_VALUES = tuple(v for v in range(90) if v not in UNUSED_RAW_VALUES)
 STUFF_RAW_VALUES = tuple(range(91, 182))
 BACKGROUND = 0
@@ -44,47 +37,25 @@ LUT = pu.make_lut(
     size=256,
     default=IGNORE_LABEL,
 )
-KNOWN_RAW_VALUES = frozenset(THING_RAW_VALUES) | frozenset(STUFF_RAW_VALUES) | {255}
-ALLOWED_OUTPUT_VALUES = frozenset(range(len(THING_RAW_VALUES) + 1))
+REMAP = lr.LutRemap(
+    LUT,
+    frozenset(THING_RAW_VALUES) | frozenset(STUFF_RAW_VALUES) | {255},  # raw values defined
+    frozenset(range(len(THING_RAW_VALUES) + 1)),
+    "raw value {value} is not a COCO-Stuff class (written as 255)",
+)
 HINT = (
     "COCO-Object is derived from the COCO-Stuff stuff-thing maps: download "
     "http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/"
     "stuffthingmaps_trainval2017.zip into <root>/coco-stuff/annotations (see datasets/README.md)."
 )
-
-
-def convert(task: pu.Task) -> pu.TaskResult:
-    return pu.remap_label_png(
-        task.source,
-        task.outputs[0],
-        LUT,
-        known_raw_values=KNOWN_RAW_VALUES,
-        unknown_note="raw value {value} is not a COCO-Stuff class (written as 255)",
-    )
-
-
-def main(argv=None) -> int:
-    parser = pu.build_argument_parser(__doc__, splits=SPLITS, default_splits=DEFAULT_SPLITS)
-    args = parser.parse_args(argv)
-    dataset_dir = pu.resolve_root(args.root) / "coco-stuff"
-    splits = pu.parse_splits(args.splits, SPLITS)
-
-    tasks, outputs = pu.annotation_folder_tasks(
-        dataset_dir,
-        splits,
-        "annotations_detectron2_object",
-        what="COCO-Stuff {split} stuff-thing maps",
-        images_what="COCO {split} images",
-        hint=HINT,
-        official_sizes=OFFICIAL_SIZES,
-        allowed_values=ALLOWED_OUTPUT_VALUES,
-        # *_labelTrainIds.png / *_instanceTrainIds.png: other tools' outputs, not raw maps.
-        skip_names_containing="TrainIds",
-    )
-    return pu.run_and_summarize(
-        "prepare_coco_object", tasks, convert, outputs, args, desc="COCO-Object"
-    )
-
+main = dataclasses.replace(STUFF_THING_MAPS, hint=HINT).main(
+    __file__,
+    __doc__,
+    desc="COCO-Object",
+    output_dirname="annotations_detectron2_object",
+    remap=REMAP,
+    default_splits=("val2017",),  # the benchmark is val only
+)
 
 if __name__ == "__main__":
     pu.run_main(main)

@@ -17,66 +17,41 @@ conversion (a lookup table here instead of its per-value loop) and equals MMSeg'
 ``*_labelTrainIds.png`` on real data.
 """
 
-import importlib.util
-import sys
-from pathlib import Path
+import label_remap as lr
+from label_remap import pu
 
-if importlib.util.find_spec("sed_d2") is None:  # not pip-installed yet: use this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from sed_d2.data import prepare_utils as pu  # noqa: E402
-
-SPLITS = ("train2017", "val2017")
-OFFICIAL_SIZES = {"train2017": 118287, "val2017": 5000}
 # Raw values (COCO ids - 1) of the 11 thing ids that COCO defines without any mask.
 UNUSED_RAW_VALUES = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
 CLASS_RAW_VALUES = tuple(v for v in range(182) if v not in UNUSED_RAW_VALUES)
 IGNORE_LABEL = 255
+# The input of this script and of prepare_coco_object.py.
+STUFF_THING_MAPS = lr.AnnotationFolders(
+    "coco-stuff",
+    {"train2017": 118287, "val2017": 5000},
+    what=("COCO-Stuff {split} stuff-thing maps", "COCO {split} images"),
+    hint="Download http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/"
+    "stuffthingmaps_trainval2017.zip and unzip it into <root>/coco-stuff/annotations, and the "
+    "COCO 2017 images into <root>/coco-stuff/images (see datasets/README.md).",
+    # MMSeg/GroupViT converters write *_labelTrainIds.png / *_instanceTrainIds.png next
+    # to the raw maps; those are outputs of other tools, not raw maps.
+    skip_names_containing="TrainIds",
+)
 LUT = pu.make_lut(
     {raw: i for i, raw in enumerate(CLASS_RAW_VALUES)}, size=256, default=IGNORE_LABEL
 )
-KNOWN_RAW_VALUES = frozenset(CLASS_RAW_VALUES) | {255}
-ALLOWED_OUTPUT_VALUES = frozenset(range(len(CLASS_RAW_VALUES))) | {IGNORE_LABEL}
-HINT = (
-    "Download http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/"
-    "stuffthingmaps_trainval2017.zip and unzip it into <root>/coco-stuff/annotations, and the "
-    "COCO 2017 images into <root>/coco-stuff/images (see datasets/README.md)."
+REMAP = lr.LutRemap(
+    LUT,
+    frozenset(CLASS_RAW_VALUES) | {255},  # raw values defined
+    frozenset(range(len(CLASS_RAW_VALUES))) | {IGNORE_LABEL},
+    "raw value {value} is not a COCO-Stuff class (written as 255)",
 )
-
-
-def convert(task: pu.Task) -> pu.TaskResult:
-    return pu.remap_label_png(
-        task.source,
-        task.outputs[0],
-        LUT,
-        known_raw_values=KNOWN_RAW_VALUES,
-        unknown_note="raw value {value} is not a COCO-Stuff class (written as 255)",
-    )
-
-
-def main(argv=None) -> int:
-    parser = pu.build_argument_parser(__doc__, splits=SPLITS)
-    args = parser.parse_args(argv)
-    dataset_dir = pu.resolve_root(args.root) / "coco-stuff"
-    splits = pu.parse_splits(args.splits, SPLITS)
-
-    tasks, outputs = pu.annotation_folder_tasks(
-        dataset_dir,
-        splits,
-        "annotations_detectron2",
-        what="COCO-Stuff {split} stuff-thing maps",
-        images_what="COCO {split} images",
-        hint=HINT,
-        official_sizes=OFFICIAL_SIZES,
-        allowed_values=ALLOWED_OUTPUT_VALUES,
-        # MMSeg/GroupViT converters write *_labelTrainIds.png / *_instanceTrainIds.png next
-        # to the raw maps; those are outputs of other tools, not raw maps.
-        skip_names_containing="TrainIds",
-    )
-    return pu.run_and_summarize(
-        "prepare_coco_stuff", tasks, convert, outputs, args, desc="COCO-Stuff"
-    )
-
+main = STUFF_THING_MAPS.main(
+    __file__,
+    __doc__,
+    desc="COCO-Stuff",
+    output_dirname="annotations_detectron2",
+    remap=REMAP,
+)
 
 if __name__ == "__main__":
     pu.run_main(main)

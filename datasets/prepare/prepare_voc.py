@@ -18,39 +18,31 @@ download believed identical on val); ``--masks SegmentationClassAug`` does that.
 official script, a mask that is all void after mapping is still written (none is in VOC val).
 """
 
-import importlib.util
-import sys
-from pathlib import Path
-
-if importlib.util.find_spec("sed_d2") is None:  # not pip-installed yet: use this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from sed_d2.data import prepare_utils as pu  # noqa: E402
+import label_remap as lr
+from label_remap import pu
 
 SPLITS = ("train", "val")
 DEFAULT_SPLITS = ("val",)
 OFFICIAL_SIZES = {"train": 1464, "val": 1449}
 IGNORE_LABEL = 255
 NUM_CLASSES = 20
-KNOWN_RAW_VALUES = frozenset(range(NUM_CLASSES + 1)) | {255}
-OUTPUT_LAYOUTS = {
-    # output folder: (raw -> output table, values the registration accepts)
-    "annotations_detectron2": (
-        pu.make_lut({k: k - 1 for k in range(1, NUM_CLASSES + 1)}, size=256, default=IGNORE_LABEL),
-        frozenset(range(NUM_CLASSES)) | {IGNORE_LABEL},
-    ),
-    "annotations_detectron2_bg": (
-        pu.make_lut(
-            {0: NUM_CLASSES, **{k: k - 1 for k in range(1, NUM_CLASSES + 1)}},
-            size=256,
-            default=IGNORE_LABEL,
-        ),
-        frozenset(range(NUM_CLASSES + 1)) | {IGNORE_LABEL},
-    ),
-    "annotations_detectron2_bg0": (
-        pu.make_lut({k: k for k in range(NUM_CLASSES + 1)}, size=256, default=IGNORE_LABEL),
-        frozenset(range(NUM_CLASSES + 1)) | {IGNORE_LABEL},
-    ),
+
+
+def _layout(mapping, num_classes):
+    """A VOC output layout: ``mapping`` (VOC index -> label; 255 elsewhere) and its classes."""
+    return lr.LutRemap(
+        pu.make_lut(mapping, size=256, default=IGNORE_LABEL),
+        frozenset(range(NUM_CLASSES + 1)) | {255},  # raw: 0 = background, 1..20, 255 = void
+        frozenset(range(num_classes)) | {IGNORE_LABEL},
+        "raw value {value} is not a VOC index (written as 255)",
+    )
+
+
+CLASSES_FROM_0 = {k: k - 1 for k in range(1, NUM_CLASSES + 1)}  # VOC index k -> k - 1
+OUTPUT_LAYOUTS = {  # output folder: its table (the task payload names the folder)
+    "annotations_detectron2": _layout(CLASSES_FROM_0, NUM_CLASSES),
+    "annotations_detectron2_bg": _layout({0: NUM_CLASSES, **CLASSES_FROM_0}, NUM_CLASSES + 1),
+    "annotations_detectron2_bg0": _layout({k: k for k in range(NUM_CLASSES + 1)}, NUM_CLASSES + 1),
 }
 HINT = (
     "Download http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar and "
@@ -59,19 +51,10 @@ HINT = (
 
 
 def convert(task: pu.Task) -> pu.TaskResult:
-    layout = task.payload
-    lut, _ = OUTPUT_LAYOUTS[layout]
-    return pu.remap_label_png(
-        task.source,
-        task.outputs[0],
-        lut,
-        known_raw_values=KNOWN_RAW_VALUES,
-        unknown_note="raw value {value} is not a VOC index (written as 255)",
-    )
+    return OUTPUT_LAYOUTS[task.payload](task)
 
 
-def main(argv=None) -> int:
-    parser = pu.build_argument_parser(__doc__, splits=SPLITS, default_splits=DEFAULT_SPLITS)
+def add_options(parser) -> None:
     parser.add_argument(
         "--masks",
         choices=("SegmentationClass", "SegmentationClassAug"),
@@ -83,9 +66,12 @@ def main(argv=None) -> int:
         default=",".join(OUTPUT_LAYOUTS),
         help=f"comma-separated output folders among {', '.join(OUTPUT_LAYOUTS)} (default: all)",
     )
-    args = parser.parse_args(argv)
-    voc_dir = pu.resolve_root(args.root) / "VOCdevkit" / "VOC2012"
-    splits = pu.parse_splits(args.splits, SPLITS)
+
+
+def main(argv=None) -> int:
+    args, voc_dir, splits = lr.parse_dataset_args(
+        __doc__, argv, "VOCdevkit/VOC2012", SPLITS, DEFAULT_SPLITS, add_options
+    )
     layouts = pu.parse_splits(args.layouts, tuple(OUTPUT_LAYOUTS), option="--layouts")
     mask_dir = pu.require_dir(voc_dir / args.masks, f"VOC2012 {args.masks} masks", HINT)
     pu.warn_if_missing(voc_dir / "JPEGImages", "VOC2012 JPEGImages")
@@ -105,7 +91,7 @@ def main(argv=None) -> int:
                 for s in stems
             ]
             outputs[key] = pu.SplitOutput(
-                out_dir, ".png", OFFICIAL_SIZES[split], OUTPUT_LAYOUTS[layout][1]
+                out_dir, ".png", OFFICIAL_SIZES[split], OUTPUT_LAYOUTS[layout].allowed_values
             )
 
     return pu.run_and_summarize(

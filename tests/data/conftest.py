@@ -3,8 +3,9 @@
 Each ``write_<dataset>_raw(root)`` writes a few-pixel version of the download under ``root``
 (the ``$DETECTRON2_DATASETS`` folder) and returns the hand-computed outputs the prepare
 script must produce: ``{path relative to root: expected label array}``. The arrays are
-written out literally, value by value, from the conversion rules in
-``datasets/README.md`` -- never computed with the code under test.
+written out literally, value by value (COCO's as one hand-written raw value -> label table
+for the fixture maps), from the conversion rules in ``datasets/README.md`` -- never computed
+with the code under test.
 
 The prepare scripts are loaded from ``datasets/prepare/`` by path (``load_prepare_script``).
 """
@@ -30,10 +31,14 @@ def load_prepare_script(name: str):
     """Import ``datasets/prepare/<name>.py`` as a module (cached in ``sys.modules``).
 
     Registered under a unique module name so that forked pool workers find its converter.
+    Its folder goes on ``sys.path``, as when the script is run, for its sibling imports
+    (``label_remap``).
     """
     module_name = f"_sed_d2_test_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
+    if str(PREPARE_DIR) not in sys.path:
+        sys.path.append(str(PREPARE_DIR))
     spec = importlib.util.spec_from_file_location(module_name, PREPARE_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
@@ -104,6 +109,12 @@ def assert_label_pngs(root: Path, expected: Dict[str, np.ndarray]) -> None:
         np.testing.assert_array_equal(read_label(path), array, err_msg=relative)
 
 
+def assert_prepares(name: str, root: Path, expected: Dict[str, np.ndarray], *extra: str, **kw):
+    """``run_prepare(name, root, *extra, **kw)`` succeeds and writes ``expected`` (as above)."""
+    assert run_prepare(name, root, *extra, **kw) == 0
+    assert_label_pngs(root, expected)
+
+
 # ----------------------------------------------------------------------------- COCO-Stuff
 
 
@@ -118,53 +129,54 @@ COCO_VAL_285 = [
     [90, 200, 255],
 ]
 COCO_TRAIN_9 = [[0, 181]]
+COCO_RAW_MAPS = [  # (split, stem, raw stuff-thing map)
+    ("val2017", "000000000139", COCO_VAL_139),
+    ("val2017", "000000000285", COCO_VAL_285),
+    ("train2017", "000000000009", COCO_TRAIN_9),
+]
+# Each raw value of the maps above -> (COCO-Stuff-171 label, COCO-Object label), by hand.
+# COCO-Stuff: rank among the 171 class values (the 11 maskless thing values are holes);
+# holes, 200 and 255 -> 255. COCO-Object: thing -> rank among the 80 things + 1; stuff
+# (91..181) and 255 -> 0 = background; holes and 200 -> 255.
+COCO_EXPECTED_BY_RAW = {
+    0: (0, 1),
+    11: (255, 255),  # hole
+    12: (11, 12),  # after the hole 11
+    24: (23, 24),
+    26: (24, 25),  # after the hole 25
+    89: (79, 80),  # the last thing
+    90: (255, 255),  # hole
+    91: (80, 0),  # the first stuff value
+    181: (170, 0),  # the last stuff value
+    200: (255, 255),  # not a COCO-Stuff value
+    255: (255, 0),  # unlabeled
+}
 
 
 def write_coco_stuff_raw(root: Path) -> None:
     base = root / "coco-stuff"
-    for split, stem, label in [
-        ("val2017", "000000000139", COCO_VAL_139),
-        ("val2017", "000000000285", COCO_VAL_285),
-        ("train2017", "000000000009", COCO_TRAIN_9),
-    ]:
+    for split, stem, label in COCO_RAW_MAPS:
         h, w = np.asarray(label).shape
         write_png_l(base / "annotations" / split / f"{stem}.png", label)
         write_jpeg(base / "images" / split / f"{stem}.jpg", h, w)
 
 
-def expected_coco_stuff() -> Dict[str, np.ndarray]:
-    # raw -> rank among the 171 class values: 0->0, 12->11 (11 is a hole), 24->23,
-    # 26->24 (25 is a hole), 89->79, 91->80 (90 is a hole), 181->170; holes, 200, 255 -> 255.
-    d = "coco-stuff/annotations_detectron2"
+def _expected_coco(output_dirname: str, column: int, splits) -> Dict[str, np.ndarray]:
     return {
-        f"{d}/val2017/000000000139.png": np.array(
-            [
-                [0, 0, 11, 11, 80, 80],
-                [0, 0, 11, 11, 80, 80],
-                [170, 170, 255, 255, 79, 79],
-                [170, 170, 255, 255, 79, 79],
-            ]
-        ),
-        f"{d}/val2017/000000000285.png": np.array([[255, 23, 24], [255, 255, 255]]),
-        f"{d}/train2017/000000000009.png": np.array([[0, 170]]),
+        f"coco-stuff/{output_dirname}/{split}/{stem}.png": np.array(
+            [[COCO_EXPECTED_BY_RAW[v][column] for v in row] for row in label]
+        )
+        for split, stem, label in COCO_RAW_MAPS
+        if split in splits
     }
+
+
+def expected_coco_stuff() -> Dict[str, np.ndarray]:
+    return _expected_coco("annotations_detectron2", 0, ("train2017", "val2017"))
 
 
 def expected_coco_object() -> Dict[str, np.ndarray]:
-    # things -> rank + 1 (0->1, 12->12, 24->24, 26->25, 89->80); stuff (91, 181) and
-    # 255 -> 0 = background; unused thing values (11, 90) and 200 -> 255.
-    d = "coco-stuff/annotations_detectron2_object"
-    return {
-        f"{d}/val2017/000000000139.png": np.array(
-            [
-                [1, 1, 12, 12, 0, 0],
-                [1, 1, 12, 12, 0, 0],
-                [0, 0, 0, 0, 80, 80],
-                [0, 0, 0, 0, 80, 80],
-            ]
-        ),
-        f"{d}/val2017/000000000285.png": np.array([[255, 24, 25], [255, 255, 0]]),
-    }
+    return _expected_coco("annotations_detectron2_object", 1, ("val2017",))
 
 
 # ----------------------------------------------------------------------------- ADE20K-150

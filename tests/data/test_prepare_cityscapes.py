@@ -5,8 +5,7 @@ import numpy as np
 
 def test_cityscapes_label_ids_to_train_ids(raw, datasets_root, capsys):
     raw.write_cityscapes_raw(datasets_root)
-    assert raw.run_prepare("prepare_cityscapes", datasets_root) == 0
-    raw.assert_label_pngs(datasets_root, raw.expected_cityscapes())
+    raw.assert_prepares("prepare_cityscapes", datasets_root, raw.expected_cityscapes())
     summary = capsys.readouterr().out
     assert "[val] 2 files in" in summary
     assert "label values in the 2 files converted this run: 0-18, 255" in summary

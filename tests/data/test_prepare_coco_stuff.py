@@ -7,8 +7,7 @@ import pytest
 
 def test_coco_stuff_labels_match_hand_computed(raw, datasets_root, capsys):
     raw.write_coco_stuff_raw(datasets_root)
-    assert raw.run_prepare("prepare_coco_stuff", datasets_root) == 0
-    raw.assert_label_pngs(datasets_root, raw.expected_coco_stuff())
+    raw.assert_prepares("prepare_coco_stuff", datasets_root, raw.expected_coco_stuff())
     summary = capsys.readouterr().out
     assert "[val2017] 2 files in" in summary and "[train2017] 1 files in" in summary
     assert (
@@ -46,8 +45,7 @@ def test_coco_stuff_is_resumable_idempotent_and_reports_corrupt_maps(raw, datase
 
 def test_coco_stuff_parallel_run_equals_serial(raw, datasets_root):
     raw.write_coco_stuff_raw(datasets_root)
-    assert raw.run_prepare("prepare_coco_stuff", datasets_root, workers=2) == 0
-    raw.assert_label_pngs(datasets_root, raw.expected_coco_stuff())
+    raw.assert_prepares("prepare_coco_stuff", datasets_root, raw.expected_coco_stuff(), workers=2)
 
 
 def test_coco_stuff_missing_download_names_folder_and_source(raw, datasets_root):
@@ -64,14 +62,18 @@ def test_coco_stuff_missing_download_names_folder_and_source(raw, datasets_root)
 
 def test_coco_object_labels_match_hand_computed(raw, datasets_root, capsys):
     raw.write_coco_stuff_raw(datasets_root)
-    assert raw.run_prepare("prepare_coco_object", datasets_root) == 0
-    raw.assert_label_pngs(datasets_root, raw.expected_coco_object())
+    raw.assert_prepares("prepare_coco_object", datasets_root, raw.expected_coco_object())
     # val2017 only by default (the benchmark split).
-    assert not (
-        datasets_root / "coco-stuff" / "annotations_detectron2_object" / "train2017"
-    ).exists()
+    assert not (datasets_root / "coco-stuff/annotations_detectron2_object/train2017").exists()
     summary = capsys.readouterr().out
     # The fixture's unused raw values 11 and 90 are the only 255s: flagged, not hidden.
     assert (
         "UNEXPECTED label values (outside the registered classes and ignore value): 255" in summary
     )
+
+
+def test_summaries_are_titled_with_the_script_name(raw, datasets_root, capsys):
+    raw.write_coco_stuff_raw(datasets_root)
+    for script in ("prepare_coco_stuff", "prepare_coco_object"):
+        assert raw.run_prepare(script, datasets_root) == 0
+        assert f"===== {script}: summary =====" in capsys.readouterr().out

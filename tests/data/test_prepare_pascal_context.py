@@ -6,8 +6,7 @@ from PIL import Image
 
 def test_pascal_context_59_and_60_from_trainval_merged(raw, datasets_root, capsys):
     raw.write_pascal_context_59_raw(datasets_root)
-    assert raw.run_prepare("prepare_pascal_context_59", datasets_root) == 0
-    raw.assert_label_pngs(datasets_root, raw.expected_pascal_context())
+    raw.assert_prepares("prepare_pascal_context_59", datasets_root, raw.expected_pascal_context())
     out = datasets_root / "VOCdevkit" / "VOC2010" / "annotations_detectron2"
     # the train-phase image is not converted
     assert sorted(p.name for p in (out / "pc59_val").iterdir()) == [

@@ -8,8 +8,7 @@ def test_voc_palette_masks_to_three_layouts(raw, datasets_root, capsys):
     mask = datasets_root / "VOCdevkit" / "VOC2012" / "SegmentationClass" / "2007_000033.png"
     with Image.open(mask) as image:  # the fixture really is a palette PNG with the VOC colours
         assert image.mode == "P" and image.getpalette()[3:6] == [128, 0, 0]
-    assert raw.run_prepare("prepare_voc", datasets_root) == 0
-    raw.assert_label_pngs(datasets_root, raw.expected_voc())
+    raw.assert_prepares("prepare_voc", datasets_root, raw.expected_voc())
     voc = datasets_root / "VOCdevkit" / "VOC2012"
     # only the val stems, not train's 2007_000061 nor the image-only 2007_000001
     for layout in (
@@ -27,8 +26,9 @@ def test_voc_palette_masks_to_three_layouts(raw, datasets_root, capsys):
 def test_voc_from_segmentation_class_aug(raw, datasets_root):
     raw.write_voc_raw(datasets_root, aug=True)
     (datasets_root / "VOCdevkit" / "VOC2012" / "SegmentationClass" / "2007_000042.png").unlink()
-    assert raw.run_prepare("prepare_voc", datasets_root, "--masks", "SegmentationClassAug") == 0
-    raw.assert_label_pngs(datasets_root, raw.expected_voc())
+    raw.assert_prepares(
+        "prepare_voc", datasets_root, raw.expected_voc(), "--masks", "SegmentationClassAug"
+    )
 
 
 def test_voc_missing_mask_of_a_val_stem_is_reported(raw, datasets_root, capsys):
