@@ -157,7 +157,12 @@ def test_network_logits_route_through_run_network_as_decode_capturable_says(conf
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_cuda_graphs_replay_the_eager_logits_bit_for_bit(config_file):
+@pytest.mark.parametrize("cudnn_deterministic", [True, False])
+def test_cuda_graphs_replay_the_eager_logits_bit_for_bit(config_file, cudnn_deterministic, monkeypatch):
+    """Bit for bit with deterministic cuDNN. Without it, cuDNN may pick another convolution
+    algorithm inside a capture than eagerly: CLIP-HBD's tiny config (cuDNN convolutions in
+    float32) replayed 1.2e-6 away from eager on an H200, 0.0 with deterministic cuDNN."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", cudnn_deterministic)
     model = _build(config_file, "MODEL.DEVICE", "cuda").eval()
     assert model.cuda_graphs
     inputs = detectron2_inputs([(64, 80), (70, 70)])
@@ -168,4 +173,7 @@ def test_cuda_graphs_replay_the_eager_logits_bit_for_bit(config_file):
         for _ in range(2):  # the capture, then a replay
             graphed = [r["sem_seg"] for r in model(inputs)]
             for a, b in zip(graphed, eager):
-                assert torch.equal(a, b)
+                if cudnn_deterministic:
+                    assert torch.equal(a, b)
+                else:
+                    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
