@@ -72,6 +72,11 @@ def run_in_triton_interpreter(code: str, **environment: str) -> None:
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
 
 
+# The tiny random-init CLIP ViT of the model tests: 64x64 images, patch 16 (a 4x4 grid), width
+# 64, 4 blocks, embedding 48.
+TINY_VIT = "sed_d2_tiny_vit_quickgelu"
+TINY_VIT_SIZE, TINY_VIT_GRID, TINY_VIT_EMBED = 64, 4, 48
+
 # The tiny CAT-Seg decoder geometry of the model tests (CAT-Seg and the methods built on it),
 # for the tiny ViT (tiny_clip("sed_d2_tiny_vit_quickgelu")) with guidance layers (1, 2).
 TINY_CATSEG_DECODER = dict(

@@ -9,10 +9,12 @@ from sed_d2.models.catseg import (
     build_catseg_decoder_for,
 )
 
-TINY_CLIP = "sed_d2_tiny_vit_quickgelu"  # 64x64 images, patch 16, width 64, 4 blocks
-SIZE, GRID, EMBED = 64, 4, 48
 from tests.helpers import (
     TINY_CATSEG_DECODER,
+    TINY_VIT as TINY_CLIP,
+    TINY_VIT_EMBED as EMBED,
+    TINY_VIT_GRID as GRID,
+    TINY_VIT_SIZE as SIZE,
     clip_text_embeddings,
     redraw_constant_parameters,
 )

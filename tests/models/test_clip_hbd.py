@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from sed_d2.clip import build_clip_model, frozen_rows
 from sed_d2.clip.dense.convnext import convnext_stage, convnext_stem
 from sed_d2.models.clip_hbd import CLIPHBDCriterion, CLIPHBDModel, HBDDecoder
+from tests.helpers import (
+    TINY_VIT as TINY_CLIP,
+)
 
-TINY_CLIP = "sed_d2_tiny_vit_quickgelu"  # patch 16, width 64, 4 blocks, embedding 48
 SIZE, GRID, TEMPLATES, CLASSES = 64, 4, 3, 5
 STAGE_CHANNELS = (24, 32, 48, 64)  # timm test_convnext
 

@@ -20,9 +20,13 @@ from sed_d2.models.dcp_clip import (
     SpatialEnhancedDecoder,
     TextGuidedAlignment,
 )
+from tests.helpers import (
+    TINY_VIT as TINY_CLIP,
+    TINY_VIT_EMBED as EMBED,
+    TINY_VIT_GRID as GRID,
+    TINY_VIT_SIZE as SIZE,
+)
 
-TINY_CLIP = "sed_d2_tiny_vit_quickgelu"  # 64x64 images, patch 16, width 64, 4 blocks
-SIZE, GRID, EMBED = 64, 4, 48
 
 
 def _model(seed=0, prompt="coop", selection=True, threshold=0.5, **alignment):

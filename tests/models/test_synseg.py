@@ -10,9 +10,13 @@ from sed_d2.models.synseg import (
     SynSegModel,
     vit_intermediate_tokens,
 )
+from tests.helpers import (
+    TINY_VIT as TINY_CLIP,
+    TINY_VIT_EMBED as EMBED,
+    TINY_VIT_GRID as GRID,
+    TINY_VIT_SIZE as SIZE,
+)
 
-TINY_CLIP = "sed_d2_tiny_vit_quickgelu"  # 64x64 images, patch 16, width 64, 4 blocks, embedding 48
-SIZE, GRID, EMBED = 64, 4, 48
 
 
 def _model(seed=0, fss_features="decoder", extract_layers=(0, 1, 2), **kwargs):
