@@ -222,7 +222,7 @@ class SEDDecoder(nn.Module):
         """
         cost = self.cost_volume(image_embedding, text_embeddings).transpose(1, 2)  # (B, T, P, h, w)
         cost = channels_last_class_maps(cost)
-        x = self.cost_embed(cost.transpose(1, 2))  # (B, T, hidden, h, w), channels-last maps
+        x = self.cost_embed.embed_class_maps(cost)  # (B, T, hidden, h, w), channels-last maps
         height, width = cost.shape[-2:]
         skips = []
         for index, (projection, name) in enumerate(zip(self.skip_projections, self.skip_feature_names)):

@@ -54,13 +54,14 @@ def test_shapes_at_each_stage():
     B, T, h, w = 2, 5, 2, 3
     image, text, skips = _features(B, T, h, w)
     seen = {}
-    decoder.cost_embed.register_forward_hook(lambda m, a, out: seen.__setitem__("embed", out.shape))
+    # the embedding conv runs on the class-batched maps (B * T of them)
+    decoder.cost_embed.conv.register_forward_hook(lambda m, a, out: seen.__setitem__("embed", out.shape))
     for i, stage in enumerate(decoder.stages):
         stage.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(f"stage{i}", out.shape))
     out = decoder(image, text, skips)
     assert isinstance(out, SEDOutput)
     assert seen == {
-        "embed": (B, T, 128, h, w),
+        "embed": (B * T, 128, h, w),
         "stage0": (B, T, 64, 2 * h, 2 * w),
         "stage1": (B, T, 32, 4 * h, 4 * w),
         "stage2": (B, T, 16, 8 * h, 8 * w),
