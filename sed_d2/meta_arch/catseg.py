@@ -40,6 +40,9 @@ class CATSeg(OpenVocabSegmentor):
     global view) is the shipped configs' ``TEST.PROTOCOL`` (:mod:`.inference`).
     """
 
+    # The method's name in messages (subclasses: their paper's spelling).
+    method_name = "CAT-Seg"
+
     @configurable
     def __init__(self, *, model: CATSegModel, ignore_as_negative: bool = True, **kwargs):
         """
@@ -56,7 +59,7 @@ class CATSeg(OpenVocabSegmentor):
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         ovseg, catseg = cfg.MODEL.OVSEG, cfg.MODEL.CATSEG
-        clip_model = build_vit_clip(cfg, cls.__name__)
+        clip_model = build_vit_clip(cfg, cls.method_name)
         decoder = cls.build_decoder(
             cfg,
             clip_model,

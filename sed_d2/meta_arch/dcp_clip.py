@@ -67,6 +67,8 @@ class DCPCLIP(CATSeg):
     the whole image.
     """
 
+    method_name = "DCP-CLIP"
+
     @configurable
     def __init__(
         self,

@@ -25,6 +25,8 @@ class FGASeg(CATSeg):
     ``loss_aux_{0,1,2}``.
     """
 
+    method_name = "FGAseg"
+
     @classmethod
     def from_config(cls, cfg):
         # The P2Tformer refines one text embedding per class (P = 1): one-template sets only,

@@ -163,9 +163,9 @@ def test_a_method_without_its_network_as_self_model_must_provide_the_contract():
 @pytest.mark.parametrize(
     "config_file, method",
     [
-        ("configs/catseg/tiny.yaml", "CATSeg"),
-        ("configs/fgaseg/tiny.yaml", "FGASeg"),
-        ("configs/dcp_clip/tiny.yaml", "DCPCLIP"),
+        ("configs/catseg/tiny.yaml", "CAT-Seg"),
+        ("configs/fgaseg/tiny.yaml", "FGAseg"),
+        ("configs/dcp_clip/tiny.yaml", "DCP-CLIP"),
         ("configs/clip_hbd/tiny.yaml", "CLIP-HBD"),
         ("configs/synseg/tiny.yaml", "SynSeg"),
     ],
