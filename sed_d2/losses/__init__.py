@@ -12,7 +12,9 @@
 * :mod:`.softmax_dice`: softmax cross-entropy and Dice over the classes present per image,
   chunked over classes (:func:`softmax_ce_dice_loss`: CLIP-HBD).
 
-A loss that a second method needs lives here, not in the method's model file.
+:mod:`.class_chunks` holds what the two chunked per-class losses share (their work dtype and
+the walk over class chunks). A loss that a second method needs lives here, not in the
+method's model file.
 """
 from .contrastive import MCCL_LOSS_NAMES, bounded_similarity, cosine_similarity, mccl_losses
 from .alignment import ALIGNMENT_LOSSES, alignment_loss, downsampled_one_hot

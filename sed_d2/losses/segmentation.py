@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops import bilinear_resize
+from .class_chunks import upsampled_class_chunks, work_dtype
 
 __all__ = ["TRAINING_CHUNK_CLASSES", "UpsampledOneHotBCE", "one_hot_bce_loss"]
 
@@ -86,9 +87,9 @@ class UpsampledOneHotBCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, ignore_value, ignore_as_negative, chunk_classes):
         valid = targets != ignore_value
-        total = torch.zeros((), dtype=_work_dtype(logits), device=logits.device)
+        total = torch.zeros((), dtype=work_dtype(logits), device=logits.device)
         with torch.no_grad():
-            for start, up, one_hot in _upsampled_chunks(logits, targets, valid, chunk_classes):
+            for start, up, one_hot in upsampled_class_chunks(logits, targets, valid, chunk_classes):
                 weight = None if ignore_as_negative else valid.unsqueeze(1).to(up.dtype)
                 total += F.binary_cross_entropy_with_logits(up, one_hot, weight=weight, reduction="sum")
         count = _bce_count(logits, valid, ignore_as_negative)
@@ -102,10 +103,10 @@ class UpsampledOneHotBCE(torch.autograd.Function):
         logits, targets = ctx.saved_tensors
         ignore_value, ignore_as_negative, chunk_classes = ctx.options
         valid = targets != ignore_value
-        scale = grad_output.to(_work_dtype(logits)) / _bce_count(logits, valid, ignore_as_negative)
+        scale = grad_output.to(work_dtype(logits)) / _bce_count(logits, valid, ignore_as_negative)
         grad = torch.empty_like(logits)
         size = tuple(targets.shape[-2:])
-        for start, _, one_hot in _upsampled_chunks(logits, targets, valid, chunk_classes, with_logits=False):
+        for start, _, one_hot in upsampled_class_chunks(logits, targets, valid, chunk_classes, with_logits=False):
             part = logits[:, start : start + one_hot.shape[1]].detach().to(one_hot.dtype).requires_grad_(True)
             with torch.enable_grad():
                 up = bilinear_resize(part, size)
@@ -117,26 +118,8 @@ class UpsampledOneHotBCE(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def _work_dtype(logits: Tensor) -> torch.dtype:
-    """float32, or float64 for float64 logits."""
-    return torch.promote_types(logits.dtype, torch.float32)
-
-
-def _upsampled_chunks(logits, targets, valid, chunk_classes, with_logits=True):
-    """Yield ``(first class, upsampled logits or None, one-hot)`` per chunk, in the work dtype."""
-    size = tuple(targets.shape[-2:])
-    num_classes = logits.shape[1]
-    dtype = _work_dtype(logits)
-    for start in range(0, num_classes, chunk_classes):
-        stop = min(start + chunk_classes, num_classes)
-        classes = torch.arange(start, stop, device=targets.device).view(1, -1, 1, 1)
-        one_hot = ((targets.unsqueeze(1) == classes) & valid.unsqueeze(1)).to(dtype)
-        up = bilinear_resize(logits[:, start:stop].to(dtype), size) if with_logits else None
-        yield start, up, one_hot
-
-
 def _bce_count(logits: Tensor, valid: Tensor, ignore_as_negative: bool) -> Tensor:
-    dtype = _work_dtype(logits)
+    dtype = work_dtype(logits)
     if ignore_as_negative:
         return torch.tensor(float(valid.numel() * logits.shape[1]), dtype=dtype, device=logits.device)
     return (valid.sum().clamp_min(1) * logits.shape[1]).to(dtype)

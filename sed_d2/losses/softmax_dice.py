@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops import bilinear_resize
+from .class_chunks import upsampled_class_chunks, work_dtype
 
 __all__ = ["DICE_CLASSES", "UpsampledSoftmaxCEDice", "softmax_ce_dice_loss"]
 
@@ -64,7 +65,7 @@ def softmax_ce_dice_loss(
             logits, targets, ignore_value, dice_classes == "all", float(dice_smooth), int(chunk_classes)
         )
         return ce, dice
-    work = _work_dtype(logits)
+    work = work_dtype(logits)
     up = bilinear_resize(logits.to(work), tuple(targets.shape[-2:]))
     valid = targets != ignore_value
     index = torch.where(valid, targets, torch.zeros_like(targets)).unsqueeze(1)
@@ -100,19 +101,19 @@ class UpsampledSoftmaxCEDice(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, ignore_value, all_classes, smooth, chunk_classes):
         valid = targets != ignore_value
-        work = _work_dtype(logits)
+        work = work_dtype(logits)
         mask = valid.to(work)
         log_sum_exp = torch.full(targets.shape, float("-inf"), dtype=work, device=logits.device)
         target_logit = torch.zeros(targets.shape, dtype=work, device=logits.device)
         with torch.no_grad():
-            for start, up, _ in _chunks(logits, targets, valid, chunk_classes):
+            for start, up, _ in upsampled_class_chunks(logits, targets, valid, chunk_classes):
                 log_sum_exp = torch.logaddexp(log_sum_exp, up.logsumexp(dim=1))
                 inside = (targets >= start) & (targets < start + up.shape[1])
                 local = (targets - start).clamp(0, up.shape[1] - 1).unsqueeze(1)
                 target_logit += torch.where(inside, up.gather(1, local)[:, 0], 0)
             ce = ((log_sum_exp - target_logit) * mask).sum() / mask.sum().clamp_min(1)
             sums = [[], [], []]
-            for _, up, one_hot in _chunks(logits, targets, valid, chunk_classes):
+            for _, up, one_hot in upsampled_class_chunks(logits, targets, valid, chunk_classes):
                 probs = (up - log_sum_exp.unsqueeze(1)).exp() * mask.unsqueeze(1)
                 for total, part in zip(sums, (probs * one_hot, probs, one_hot)):
                     total.append(part.sum(dim=(2, 3)))
@@ -143,13 +144,13 @@ class UpsampledSoftmaxCEDice(torch.autograd.Function):
             return slope[:, start:stop] * one_hot + offset[:, start:stop]
 
         weighted_sum = torch.zeros_like(log_sum_exp).unsqueeze(1)  # r = sum_c p_c q_c
-        for start, up, one_hot in _chunks(logits, targets, valid, chunk_classes):
+        for start, up, one_hot in upsampled_class_chunks(logits, targets, valid, chunk_classes):
             probs = (up - log_sum_exp.unsqueeze(1)).exp()
             weighted_sum += (probs * dice_gradient(start, probs, one_hot)).sum(dim=1, keepdim=True)
 
         grad = torch.empty_like(logits)
         size = tuple(targets.shape[-2:])
-        for start, _, one_hot in _chunks(logits, targets, valid, chunk_classes, with_logits=False):
+        for start, _, one_hot in upsampled_class_chunks(logits, targets, valid, chunk_classes, with_logits=False):
             stop = start + one_hot.shape[1]
             part = logits[:, start:stop].detach().to(work).requires_grad_(True)
             with torch.enable_grad():
@@ -159,21 +160,3 @@ class UpsampledSoftmaxCEDice(torch.autograd.Function):
             (grad_part,) = torch.autograd.grad(up, part, grad_up * mask)
             grad[:, start:stop] = grad_part
         return grad, None, None, None, None, None
-
-
-def _work_dtype(logits: Tensor) -> torch.dtype:
-    """float32, or float64 for float64 logits."""
-    return torch.promote_types(logits.dtype, torch.float32)
-
-
-def _chunks(logits, targets, valid, chunk_classes, with_logits=True):
-    """Yield ``(first class, upsampled logits or None, one-hot of valid pixels)`` per chunk."""
-    size = tuple(targets.shape[-2:])
-    work = _work_dtype(logits)
-    num_classes = logits.shape[1]
-    for start in range(0, num_classes, chunk_classes):
-        stop = min(start + chunk_classes, num_classes)
-        classes = torch.arange(start, stop, device=targets.device).view(1, -1, 1, 1)
-        one_hot = ((targets.unsqueeze(1) == classes) & valid.unsqueeze(1)).to(work)
-        up = bilinear_resize(logits[:, start:stop].to(work), size) if with_logits else None
-        yield start, up, one_hot

@@ -18,7 +18,6 @@ from sed_d2.models.fgaseg import (
 from tests.helpers import (
     TINY_CATSEG_DECODER,
     TINY_VIT as TINY_CLIP,
-    TINY_VIT_EMBED as EMBED,
     TINY_VIT_GRID as GRID,
     TINY_VIT_SIZE as SIZE,
     clip_text_embeddings,
