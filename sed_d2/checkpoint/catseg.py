@@ -31,6 +31,7 @@ __all__ = [
     "catseg_decoder_key",
     "convert_official_catseg_state_dict",
     "is_official_catseg_state_dict",
+    "rename_by_rules",
 ]
 
 V = TypeVar("V")
@@ -71,6 +72,19 @@ CATSEG_DECODER_RENAMES: tuple[tuple[str, str], ...] = (
     (rf"head\.{_P}", r"head.\1"),
 )
 _DECODER_RULES = tuple((re.compile(official), ours) for official, ours in CATSEG_DECODER_RENAMES)
+
+
+def rename_by_rules(rules, official_key: str) -> str | None:
+    """The first rule's rename of ``official_key``: ``rules`` are ``(compiled pattern,
+    replacement)`` pairs tried in order (a full match, groups expanded); ``None`` if none
+    matches. Shared with FGAseg's table (:mod:`.fgaseg`)."""
+    for pattern, ours in rules:
+        match = pattern.fullmatch(official_key)
+        if match is not None:
+            return match.expand(ours)
+    return None
+
+
 # Official buffers that sed_d2 rebuilds instead of storing.
 _DROPPED = re.compile(r"layers\.\d+\.swin_block\.block_2\.attn_mask")
 _UPSAMPLER = re.compile(rf"upsample([12])\.{_P}")
@@ -85,11 +99,7 @@ _FGASEG_MARKERS = ("sem_seg_head.predictor.DCDT.gamma_text", OFFICIAL_CATSEG_DEC
 def catseg_decoder_key(official_key: str) -> str | None:
     """Our ``decoder.`` parameter name for an official ``Aggregator`` name (without
     prefixes), or ``None`` if it has none."""
-    for pattern, ours in _DECODER_RULES:
-        match = pattern.fullmatch(official_key)
-        if match is not None:
-            return match.expand(ours)
-    return None
+    return rename_by_rules(_DECODER_RULES, official_key)
 
 
 def is_official_catseg_state_dict(state_dict: Mapping[str, object]) -> bool:

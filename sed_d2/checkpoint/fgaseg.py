@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Mapping, TypeVar
 
-from .catseg import OFFICIAL_CATSEG_DECODER_PREFIX, convert_official_catseg_state_dict
+from .catseg import OFFICIAL_CATSEG_DECODER_PREFIX, convert_official_catseg_state_dict, rename_by_rules
 
 __all__ = ["FGASEG_RENAMES", "convert_official_fgaseg_state_dict", "fgaseg_key", "is_official_fgaseg_state_dict"]
 
@@ -62,11 +62,7 @@ _MARKER = _PREDICTOR + "DCDT.gamma_text"
 def fgaseg_key(official_key: str) -> str | None:
     """Our name (no prefix) of an official key of FGAseg's own modules, or ``None`` (a
     CAT-Seg key, or unknown)."""
-    for pattern, ours in _RULES:
-        match = pattern.fullmatch(official_key)
-        if match is not None:
-            return match.expand(ours)
-    return None
+    return rename_by_rules(_RULES, official_key)
 
 
 def is_official_fgaseg_state_dict(state_dict: Mapping[str, object]) -> bool:
