@@ -1,4 +1,5 @@
-"""Test-wide setup: CPU only, a small synthetic dataset, and a visible detectron2 skip reason."""
+"""Test-wide setup: CPU only, a small synthetic dataset, a visible detectron2 skip reason, and
+the ``triton_interpreter`` marker (tests/triton_interpreter_plugin.py)."""
 import os
 
 # Tests run on CPU whatever the machine has; GPU speed is measured by tools/benchmark.py.
@@ -10,6 +11,9 @@ import torch  # noqa: E402
 # One thread: the tiny models are too small to gain from more, and on a loaded 2-core
 # machine extra threads make small ops up to 100x slower.
 torch.set_num_threads(1)
+
+# Tests marked triton_interpreter run in a child pytest with TRITON_INTERPRET=1.
+pytest_plugins = ["tests.triton_interpreter_plugin"]
 
 try:
     import detectron2  # noqa: F401

@@ -1,4 +1,4 @@
-import textwrap
+import copy
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ from sed_d2.layers import (
     top_k_union,
     top_n_classes,
 )
-from tests.helpers import run_in_triton_interpreter
+from sed_d2.ops import head_conv
 
 
 def _class_maps(batch, num_classes, channels, height, width, seed=0, dtype=torch.float32):
@@ -72,22 +72,19 @@ def test_class_logit_head_is_a_same_padded_conv_with_conv2d_parameters():
 
 
 # At inference on channels-last CUDA maps the head runs as the Triton kernel
-# single_output_conv2d; on CPU that kernel runs in Triton's interpreter (a subprocess with
-# TRITON_INTERPRET=1). Everything else is the convolution.
-_HEAD_CHECK = textwrap.dedent(
-    """
-    import copy
-    import torch
-    from torch import nn
-    from sed_d2.layers import ClassLogitHead
-    from sed_d2.ops import head_conv
-
+# single_output_conv2d; on CPU that kernel runs in Triton's interpreter (marked
+# triton_interpreter: TRITON_INTERPRET=1, see tests/triton_interpreter_plugin.py). Everything
+# else is the convolution.
+@pytest.mark.triton_interpreter
+def test_class_logit_head_kernel_equals_the_convolution(monkeypatch):
     launches = []
     forward = head_conv._single_output_conv_forward
+
     def counting(*args):
         launches.append(args[0].shape)
         return forward(*args)
-    head_conv._single_output_conv_forward = counting
+
+    monkeypatch.setattr(head_conv, "_single_output_conv_forward", counting)
 
     torch.manual_seed(0)
     B, T, C, H, W = 2, 3, 16, 7, 9
@@ -119,20 +116,9 @@ _HEAD_CHECK = textwrap.dedent(
         # not taken: NCHW maps, and a float32 head on bf16 maps without autocast (the
         # convolution raises; so must the head)
         torch.testing.assert_close(head(x.contiguous()), plain.detach(), rtol=1e-5, atol=1e-5)
-        try:
+        with pytest.raises(RuntimeError):  # mixed dtypes must raise as the convolution does
             head(x.bfloat16())
-            raise AssertionError("mixed dtypes must raise as the convolution does")
-        except RuntimeError:
-            pass
         assert len(launches) == 5
-    print("ok")
-    """
-)
-
-
-def test_class_logit_head_kernel_in_the_interpreter():
-    pytest.importorskip("triton", reason="Triton is not installed: the kernel cannot run here")
-    run_in_triton_interpreter(_HEAD_CHECK)
 
 
 # ----------------------------------------------------------------------------- class selection

@@ -1,13 +1,10 @@
-import os
-import textwrap
-
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from sed_d2 import ops
 from sed_d2.layers import ClassTransformerLayer
-from tests.helpers import INTERPRETER_BF16_DOT, run_in_triton_interpreter
-
 
 
 def _sequence_update(layer, seq):
@@ -89,80 +86,88 @@ def test_text_guidance_variant():
     torch.testing.assert_close(out, x + seq.permute(0, 3, 4, 1, 2))
 
 
-# The fused inference path (Triton kernels) against the general path, in Triton's
-# interpreter (see tests/ops/test_class_linear_attention.py). The general path is what runs with
-# autograd on: parameters require grad, so `layer(x)` under enable_grad never fuses.
-_FUSED_CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
-    """
-    import numpy as np
-    import torch
-    from torch import nn
-    from triton.runtime import interpreter
-
-
-    from sed_d2 import ops
-    from sed_d2.layers import ClassTransformerLayer
-
+# The fused inference path (Triton kernels) against the general path, in Triton's interpreter
+# (marked triton_interpreter: TRITON_INTERPRET=1, see tests/triton_interpreter_plugin.py). The
+# general path is what runs with autograd on: parameters require grad, so `layer(x)` under
+# enable_grad never fuses.
+@pytest.fixture()
+def fused_calls(monkeypatch):
+    """The calls of ops.fused_class_linear_attention (the fused path's attention)."""
     calls = []
     fused_attention = ops.fused_class_linear_attention
+
     def counting(*args, **kwargs):
         calls.append(1)
         return fused_attention(*args, **kwargs)
-    ops.fused_class_linear_attention = counting
 
-    def class_maps(b, t, c, h, w, dtype=torch.float32):
-        x = torch.randn(b * t, c, h, w).contiguous(memory_format=torch.channels_last)
-        return x.to(dtype).unflatten(0, (b, t))
+    monkeypatch.setattr(ops, "fused_class_linear_attention", counting)
+    return calls
 
-    def layer_for(c, heads, seed, act=nn.ReLU):
-        torch.manual_seed(seed)
-        layer = ClassTransformerLayer(c, heads, pooling_size=(2, 2), test_pooling_size=(1, 1))
-        layer.mlp.act = act()
-        for norm in (layer.attention_norm, layer.mlp_norm):  # non-trivial LayerNorm affines
-            with torch.no_grad():
-                norm.weight.uniform_(0.5, 1.5)
-                norm.bias.uniform_(-0.3, 0.3)
-        return layer.eval()
 
-    def same_layout(a, b):  # strides of size-1 dims are arbitrary
-        return all(sa == sb for sa, sb, n in zip(a.stride(), b.stride(), a.shape) if n > 1)
+def _class_maps(b, t, c, h, w, dtype=torch.float32):
+    x = torch.randn(b * t, c, h, w).contiguous(memory_format=torch.channels_last)
+    return x.to(dtype).unflatten(0, (b, t))
 
-    def general(layer, x):
-        with torch.enable_grad():
-            n = len(calls)
-            out = layer(x).detach()
-            assert len(calls) == n, "autograd on: the general path must run"
-            return out
 
-    def fused(layer, x):
+def _layer_for(c, heads, seed, act=nn.ReLU):
+    torch.manual_seed(seed)
+    layer = ClassTransformerLayer(c, heads, pooling_size=(2, 2), test_pooling_size=(1, 1))
+    layer.mlp.act = act()
+    for norm in (layer.attention_norm, layer.mlp_norm):  # non-trivial LayerNorm affines
         with torch.no_grad():
-            n = len(calls)
-            out = layer(x)
-            assert len(calls) == n + 1, "no autograd, eval, pooling (1, 1): the fused path must run"
-            return out
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.3, 0.3)
+    return layer.eval()
 
-    # C = 32 / 64: attention and MLP kernels; C = 8 (head dim 4): attention and MLP fall
-    # back to PyTorch inside the fused path. T = 1 and T not a multiple of the tiles.
-    cases = [(32, 4, 19, 3, 5, nn.ReLU), (64, 4, 1, 2, 3, nn.ReLU), (32, 4, 6, 2, 2, nn.GELU), (8, 2, 5, 3, 2, nn.ReLU)]
-    for c, heads, t, h, w, act in cases:
-        layer = layer_for(c, heads, c + t, act)
-        x = class_maps(2 if c == 32 else 1, t, c, h, w)
-        want, got = general(layer, x), fused(layer, x)
-        assert got.shape == x.shape and same_layout(got, want) and same_layout(got, x), (got.stride(), want.stride())
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        # bf16 weights and maps
-        layer16, x16 = layer_for(c, heads, c + t, act).bfloat16(), x.bfloat16()
-        got = fused(layer16, x16)
-        assert got.dtype == torch.bfloat16 and same_layout(got, x16)
-        torch.testing.assert_close(got.float(), general(layer16, x16).float(), rtol=5e-2, atol=5e-2)
-        # bf16 autocast over float32 maps and weights (the model's inference mode)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            got, want = fused(layer, x), general(layer, x)
-        assert got.dtype == want.dtype
-        torch.testing.assert_close(got.float(), want.float(), rtol=5e-2, atol=5e-2)
 
-    layer, x = layer_for(32, 4, 0), class_maps(1, 3, 32, 2, 2)
-    n = len(calls)
+def _same_layout(a, b):  # strides of size-1 dims are arbitrary
+    return all(sa == sb for sa, sb, n in zip(a.stride(), b.stride(), a.shape) if n > 1)
+
+
+def _general(layer, x, calls):
+    with torch.enable_grad():
+        n = len(calls)
+        out = layer(x).detach()
+        assert len(calls) == n, "autograd on: the general path must run"
+        return out
+
+
+def _fused(layer, x, calls):
+    with torch.no_grad():
+        n = len(calls)
+        out = layer(x)
+        assert len(calls) == n + 1, "no autograd, eval, pooling (1, 1): the fused path must run"
+        return out
+
+
+# C = 32 / 64: attention and MLP kernels; C = 8 (head dim 4): attention and MLP fall back to
+# PyTorch inside the fused path. T = 1 and T not a multiple of the tiles.
+@pytest.mark.triton_interpreter(bf16_dot=True)
+@pytest.mark.parametrize(
+    "c, heads, t, h, w, act",
+    [(32, 4, 19, 3, 5, nn.ReLU), (64, 4, 1, 2, 3, nn.ReLU), (32, 4, 6, 2, 2, nn.GELU), (8, 2, 5, 3, 2, nn.ReLU)],
+)
+def test_fused_inference_path_equals_the_general_path(c, heads, t, h, w, act, fused_calls):
+    layer = _layer_for(c, heads, c + t, act)
+    x = _class_maps(2 if c == 32 else 1, t, c, h, w)
+    want, got = _general(layer, x, fused_calls), _fused(layer, x, fused_calls)
+    assert got.shape == x.shape and _same_layout(got, want) and _same_layout(got, x), (got.stride(), want.stride())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # bf16 weights and maps
+    layer16, x16 = _layer_for(c, heads, c + t, act).bfloat16(), x.bfloat16()
+    got = _fused(layer16, x16, fused_calls)
+    assert got.dtype == torch.bfloat16 and _same_layout(got, x16)
+    torch.testing.assert_close(got.float(), _general(layer16, x16, fused_calls).float(), rtol=5e-2, atol=5e-2)
+    # bf16 autocast over float32 maps and weights (the model's inference mode)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = _fused(layer, x, fused_calls), _general(layer, x, fused_calls)
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got.float(), want.float(), rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.triton_interpreter
+def test_fused_inference_path_only_where_it_applies(fused_calls):
+    layer, x = _layer_for(32, 4, 0), _class_maps(1, 3, 32, 2, 2)
     with torch.no_grad():
         layer.train()  # training mode never fuses, whatever the pooling
         layer.pooling_size = (1, 1)
@@ -177,20 +182,10 @@ _FUSED_CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
     with torch.enable_grad():
         layer(x.clone().requires_grad_())  # input requires grad
         layer(x)  # nothing requires grad: fuses even with grad mode on
-    assert len(calls) == n + 1, len(calls) - n
-    print("ok")
-    """
-)
-
-
-def test_fused_inference_path_in_the_interpreter():
-    pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run here")
-    run_in_triton_interpreter(_FUSED_CHECK)
+    assert len(fused_calls) == 1, len(fused_calls)
 
 
 def test_cpu_without_interpreter_never_fuses():
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("the interpreter runs the kernels on CPU")
     layer = ClassTransformerLayer(32, 4, pooling_size=(1, 1)).eval()
     x = torch.randn(3, 32, 2, 2).contiguous(memory_format=torch.channels_last).unflatten(0, (1, 3))
     with torch.no_grad():

@@ -1,116 +1,112 @@
 """sed_d2.ops.class_linear_attention: the two Triton passes equal ``residual +
 linear_attention`` along the class axis.
 
-As in test_layer_norm_mlp.py, the kernels run on CPU in Triton's interpreter: a subprocess
-with TRITON_INTERPRET=1, set before Triton is imported. (The kernels' dots are float32,
-so the interpreter's bfloat16 dot problem does not arise.) Without it the CPU path is the
-PyTorch reference, checked here against the module computation.
+As in test_layer_norm_mlp.py, the kernels run on CPU in Triton's interpreter (the tests marked
+triton_interpreter: TRITON_INTERPRET=1, see tests/triton_interpreter_plugin.py). (The kernels'
+dots are float32, so the interpreter's bfloat16 dot problem does not arise.) Without it the CPU
+path is the PyTorch reference, checked here against the module computation.
 """
-
-import os
-import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from sed_d2.layers import MultiHeadLinearAttention
+from sed_d2.ops import class_linear_attention as fla
 from sed_d2.ops.class_linear_attention import (
     class_linear_attention_reference,
     fused_class_linear_attention,
     fused_class_linear_attention_applies,
     linear_attention,
 )
-from tests.helpers import run_in_triton_interpreter
 
 
-_CHECK = textwrap.dedent(
-    """
-    import torch
-    from sed_d2.ops import class_linear_attention as fla
-    from sed_d2.ops.class_linear_attention import (
-        _APPLY_CONFIGS, _SUM_CONFIGS, class_linear_attention_reference,
-        fused_class_linear_attention, fused_class_linear_attention_applies,
+def _inputs(b, t, p, c, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    qkv = torch.randn(b, t, p, 3 * c) * 1.5  # q, k well into both branches of elu + 1
+    return qkv.to(dtype), torch.randn(b, t, p, c).to(dtype)
+
+
+def _want(qkv, res, heads, eps=1e-6):
+    # float64 reference on the same (rounded) inputs
+    return class_linear_attention_reference(qkv.double(), res.double(), heads, eps)
+
+
+# T = 1; T not a multiple of BLOCK_T (16 / 16 / 8); rows (P * 4) not a multiple of BLOCK_R
+# (16 / 8 / 4 and 8 / 4 / 4); B = 2
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize("b, t, p, c", [(1, 1, 3, 32), (2, 19, 5, 32), (1, 21, 3, 64), (1, 11, 2, 128)])
+@torch.no_grad()
+def test_kernels_equal_the_reference(b, t, p, c):
+    qkv, res = _inputs(b, t, p, c, seed=t + c)
+    assert fused_class_linear_attention_applies(qkv, res, 4)
+    out = fused_class_linear_attention(qkv, res, 4)
+    assert out.shape == res.shape and out.dtype == torch.float32 and out.is_contiguous()
+    expected = _want(qkv, res, 4)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    # class axis split in pass 1 (partial sums) and chunked in pass 2, with a ragged last part
+    parted = fla._launch(qkv, res, 4, 1e-6, splits=3, chunks=2)
+    torch.testing.assert_close(parted.double(), expected, rtol=1e-5, atol=1e-5)
+    # eps is used as given
+    torch.testing.assert_close(
+        fused_class_linear_attention(qkv, res, 4, 0.5).double(), _want(qkv, res, 4, 0.5), rtol=1e-5, atol=1e-5
     )
+    # 16-bit: loads / store in bf16 (fp16), float32 math; only the output rounding separates
+    # it from float64 on the same inputs
+    for dtype in (torch.bfloat16, torch.float16):
+        qkv16, res16 = qkv.to(dtype), res.to(dtype)
+        out = fused_class_linear_attention(qkv16, res16, 4)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.double(), _want(qkv16, res16, 4), rtol=1e-2, atol=1e-2)
+    # mixed, as under autocast with float32 class maps: bf16 qkv, float32 residual
+    qkv16 = qkv.bfloat16()
+    out = fused_class_linear_attention(qkv16, res, 4)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), _want(qkv16, res, 4), rtol=1e-5, atol=1e-5)
 
-    def inputs(b, t, p, c, dtype=torch.float32, seed=0):
-        torch.manual_seed(seed)
-        qkv = torch.randn(b, t, p, 3 * c) * 1.5  # q, k well into both branches of elu + 1
-        return qkv.to(dtype), torch.randn(b, t, p, c).to(dtype)
 
-    def want(qkv, res, heads, eps=1e-6):
-        # float64 reference on the same (rounded) inputs
-        return class_linear_attention_reference(qkv.double(), res.double(), heads, eps)
+# C = 32 with 2 heads (D = 16), C = 256 with 4 (D = 64)
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize("c, heads", [(32, 2), (256, 4)])
+@torch.no_grad()
+def test_kernels_with_other_head_counts(c, heads):
+    qkv, res = _inputs(1, 9, 3, c, seed=c)
+    assert fused_class_linear_attention_applies(qkv, res, heads)
+    out = fused_class_linear_attention(qkv, res, heads)
+    torch.testing.assert_close(out.double(), _want(qkv, res, heads), rtol=1e-5, atol=1e-5)
 
-    with torch.no_grad():
-        # T = 1; T not a multiple of BLOCK_T (16 / 16 / 8); rows (P * 4) not a multiple of
-        # BLOCK_R (16 / 8 / 4 and 8 / 4 / 4); B = 2
-        for b, t, p, c in [(1, 1, 3, 32), (2, 19, 5, 32), (1, 21, 3, 64), (1, 11, 2, 128)]:
-            head_dim = c // 4
-            qkv, res = inputs(b, t, p, c, seed=t + c)
-            assert fused_class_linear_attention_applies(qkv, res, 4)
-            out = fused_class_linear_attention(qkv, res, 4)
-            assert out.shape == res.shape and out.dtype == torch.float32 and out.is_contiguous()
-            expected = want(qkv, res, 4)
-            torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
-            # class axis split in pass 1 (partial sums) and chunked in pass 2, with a
-            # ragged last part
-            parted = fla._launch(qkv, res, 4, 1e-6, splits=3, chunks=2)
-            torch.testing.assert_close(parted.double(), expected, rtol=1e-5, atol=1e-5)
-            # eps is used as given
-            torch.testing.assert_close(
-                fused_class_linear_attention(qkv, res, 4, 0.5).double(), want(qkv, res, 4, 0.5), rtol=1e-5, atol=1e-5
-            )
-            # 16-bit: loads / store in bf16 (fp16), float32 math; only the output rounding
-            # separates it from float64 on the same inputs
-            for dtype in (torch.bfloat16, torch.float16):
-                qkv16, res16 = qkv.to(dtype), res.to(dtype)
-                out = fused_class_linear_attention(qkv16, res16, 4)
-                assert out.dtype == dtype
-                torch.testing.assert_close(out.double(), want(qkv16, res16, 4), rtol=1e-2, atol=1e-2)
-            # mixed, as under autocast with float32 class maps: bf16 qkv, float32 residual
-            qkv16 = qkv.bfloat16()
-            out = fused_class_linear_attention(qkv16, res, 4)
-            assert out.dtype == torch.float32
-            torch.testing.assert_close(out.double(), want(qkv16, res, 4), rtol=1e-5, atol=1e-5)
 
-        # other head counts: C = 32 with 2 heads (D = 16), C = 256 with 4 (D = 64)
-        for c, heads in [(32, 2), (256, 4)]:
-            qkv, res = inputs(1, 9, 3, c, seed=c)
-            assert fused_class_linear_attention_applies(qkv, res, heads)
-            out = fused_class_linear_attention(qkv, res, heads)
-            torch.testing.assert_close(out.double(), want(qkv, res, heads), rtol=1e-5, atol=1e-5)
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize("shape", [(1, 0, 3), (1, 4, 0)], ids=["no_classes", "no_positions"])
+@torch.no_grad()
+def test_kernels_on_an_empty_axis(shape):
+    qkv, res = torch.randn(*shape, 96), torch.randn(*shape, 32)
+    assert fused_class_linear_attention(qkv, res, 4).shape == res.shape
 
-        # empty class or position axis
-        for shape in [(1, 0, 3), (1, 4, 0)]:
-            qkv, res = torch.randn(*shape, 96), torch.randn(*shape, 32)
-            assert fused_class_linear_attention(qkv, res, 4).shape == res.shape
 
-        # not covered by the kernels -> the reference: head dim 4, non-contiguous input
-        qkv, res = inputs(1, 5, 3, 16)
-        assert not fused_class_linear_attention_applies(qkv, res, 4)
-        torch.testing.assert_close(fused_class_linear_attention(qkv, res, 4), class_linear_attention_reference(qkv, res, 4))
-        qkv, res = inputs(1, 5, 3, 32)
-        strided = torch.cat([qkv, qkv], dim=-1)[..., :96]
-        assert not fused_class_linear_attention_applies(strided, res, 4)
-        assert not fused_class_linear_attention_applies(qkv, res.transpose(1, 2).contiguous().transpose(1, 2), 4)
+@pytest.mark.triton_interpreter
+@torch.no_grad()
+def test_small_heads_and_strided_inputs_take_the_reference():
+    # not covered by the kernels -> the reference: head dim 4, non-contiguous input
+    qkv, res = _inputs(1, 5, 3, 16)
+    assert not fused_class_linear_attention_applies(qkv, res, 4)
+    torch.testing.assert_close(fused_class_linear_attention(qkv, res, 4), class_linear_attention_reference(qkv, res, 4))
+    qkv, res = _inputs(1, 5, 3, 32)
+    strided = torch.cat([qkv, qkv], dim=-1)[..., :96]
+    assert not fused_class_linear_attention_applies(strided, res, 4)
+    assert not fused_class_linear_attention_applies(qkv, res.transpose(1, 2).contiguous().transpose(1, 2), 4)
 
-    # autograd: inputs requiring grad take the reference (differentiable) while grad is on
-    qkv, res = inputs(1, 5, 3, 32)
+
+@pytest.mark.triton_interpreter
+def test_autograd_takes_the_reference():
+    # inputs requiring grad take the reference (differentiable) while grad is on
+    qkv, res = _inputs(1, 5, 3, 32)
     qkv.requires_grad_()
     assert not fused_class_linear_attention_applies(qkv, res, 4)
     out = fused_class_linear_attention(qkv, res, 4)
     assert out.grad_fn is not None
     with torch.no_grad():
         assert fused_class_linear_attention_applies(qkv, res, 4)
-    print("ok")
-    """
-)
-
-
-def test_fused_kernels_in_the_interpreter():
-    pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run here")
-    run_in_triton_interpreter(_CHECK)
 
 
 def test_reference_is_the_module_attention_plus_residual():
@@ -130,8 +126,6 @@ def test_reference_is_the_module_attention_plus_residual():
 
 
 def test_cpu_without_interpreter_falls_back():
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("the interpreter runs the kernels on CPU")
     torch.manual_seed(1)
     qkv, res = torch.randn(1, 6, 5, 96), torch.randn(1, 6, 5, 32)
     with torch.no_grad():
@@ -145,8 +139,6 @@ def test_every_dot_contraction_is_at_least_16():
     """Triton on Hopper rejects tl.dot contractions shorter than 16 (the CPU interpreter
     accepts them): pass 1 contracts over BLOCK_T classes, pass 2 over the head dim padded
     to max(D, 16)."""
-    from sed_d2.ops import class_linear_attention as fla
-
     assert set(fla._SUM_CONFIGS) == set(fla._APPLY_CONFIGS)
     for head_dim, (_, block_t, _) in fla._SUM_CONFIGS.items():
         assert block_t >= 16, (head_dim, block_t)

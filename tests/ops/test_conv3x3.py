@@ -1,12 +1,9 @@
 """sed_d2.ops.conv3x3: the Triton 3x3 convolution equals F.conv2d, and the policy sends
 everything but channels-last, grad-free, Cout = 16 inputs to F.conv2d.
 
-As in test_layer_norm_mlp.py, the Triton kernel runs on CPU in Triton's interpreter: a
-subprocess with TRITON_INTERPRET=1, set before Triton is imported.
+As in test_layer_norm_mlp.py, the Triton kernel runs on CPU in Triton's interpreter (the tests
+marked triton_interpreter: TRITON_INTERPRET=1, see tests/triton_interpreter_plugin.py).
 """
-
-import os
-import textwrap
 
 import pytest
 import torch
@@ -14,109 +11,138 @@ import torch.nn.functional as F
 
 from sed_d2.ops import conv3x3 as module
 from sed_d2.ops.conv3x3 import conv3x3_no_bias, conv3x3_no_bias_applies
-from tests.helpers import INTERPRETER_BF16_DOT, run_in_triton_interpreter
 
 CL = torch.channels_last
+ROWS = (16, 16, 4, 2, 0)  # BLOCK_M 16: three row-major tiles per 5 x 7 image, wrapping across rows
+TILES_2D = (16, 16, 4, 2, 4)  # 4 x 4 tiles: 2 x 2 per 5 x 7 image, ragged both ways
+EXACT = {"rtol": 1e-5, "atol": 1e-5}
 
-_CHECK = INTERPRETER_BF16_DOT + textwrap.dedent(
-    """
+
+@pytest.fixture()
+def bf16_casts_round_to_nearest():
+    """Triton's interpreter truncates float32 -> bfloat16 casts, where the GPU rounds to nearest
+    even (cvt.rn.bf16.f32): round like the GPU (through torch), so the bf16 results are exact."""
     import numpy as np
-    import torch, torch.nn.functional as F
     from triton.runtime import interpreter
 
+    builder = interpreter.InterpreterBuilder
+    cast = builder.cast_impl
 
-    # It also truncates float32 -> bfloat16 casts, where the GPU rounds to nearest even
-    # (cvt.rn.bf16.f32): round like the GPU (through torch), so the bf16 results are exact.
-    _cast = interpreter.InterpreterBuilder.cast_impl
-    def _cast_rn(self, src, dst_type):
+    def cast_rn(self, src, dst_type):
         if src.dtype.scalar.name == "fp32" and dst_type.scalar.name == "bf16":
             bits = torch.from_numpy(np.ascontiguousarray(src.data)).bfloat16().view(torch.int16).numpy()
             return interpreter.TensorHandle(bits.view(np.uint16), dst_type.scalar)
-        return _cast(self, src, dst_type)
-    interpreter.InterpreterBuilder.cast_impl = _cast_rn
+        return cast(self, src, dst_type)
 
-    from sed_d2.ops import conv3x3 as m
-    from sed_d2.ops.conv3x3 import conv3x3_no_bias, conv3x3_no_bias_applies
+    builder.cast_impl = cast_rn
+    try:
+        yield
+    finally:
+        builder.cast_impl = cast
 
-    CL = torch.channels_last
-    ROWS = (16, 16, 4, 2, 0)  # BLOCK_M 16: three row-major tiles per 5 x 7 image, wrapping across rows
-    TILES_2D = (16, 16, 4, 2, 4)  # 4 x 4 tiles: 2 x 2 per 5 x 7 image, ragged both ways
-    exact = dict(rtol=1e-5, atol=1e-5)
 
-    def inputs(cin, dtype=torch.float32, cout=16, n=2):
-        x = torch.randn(n, cin, 5, 7).to(dtype).contiguous(memory_format=CL)
-        return x, (torch.randn(cout, cin, 3, 3) / (3 * cin**0.5)).to(dtype)
+def _kernel_inputs(cin, dtype=torch.float32, cout=16, n=2):
+    x = torch.randn(n, cin, 5, 7).to(dtype).contiguous(memory_format=CL)
+    return x, (torch.randn(cout, cin, 3, 3) / (3 * cin**0.5)).to(dtype)
 
+
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize("cin", [8, 24, 32, 40])  # Cin 8 / 24 / 40 pad the channel chunks, 32 does not
+@torch.no_grad()
+def test_kernel_float32_exact_products(cin, monkeypatch):
+    # float32, exact products ("ieee")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
+    x, w = _kernel_inputs(cin)
+    assert conv3x3_no_bias_applies(x, w)
+    out = conv3x3_no_bias(x, w)
+    assert out.dtype == torch.float32 and out.shape == (2, 16, 5, 7) and out.is_contiguous(memory_format=CL)
+    assert torch.equal(out, module._launch(x, w))  # the kernel ran
+    torch.testing.assert_close(out, F.conv2d(x, w, padding=1), **EXACT)
+    for config in (ROWS, TILES_2D):
+        torch.testing.assert_close(module._launch(x, w, config), F.conv2d(x, w, padding=1), **EXACT)
+
+
+@pytest.mark.triton_interpreter
+@torch.no_grad()
+def test_kernel_tf32_when_cudnn_allows_it(monkeypatch):
+    # TF32 when cudnn.allow_tf32 (the interpreter multiplies in float32 anyway)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert module._precision(torch.float32) == "tf32"
+    torch.manual_seed(0)
+    x, w = _kernel_inputs(24)
+    torch.testing.assert_close(conv3x3_no_bias(x, w), F.conv2d(x, w, padding=1), rtol=1e-2, atol=1e-2)
+
+
+# bf16 / fp16: 16-bit operands, float32 accumulation, one rounding. Cin 16 and 32 take the
+# measured configs (BLOCK_M 256 row-major; 2-D tiles 16 wide)
+@pytest.mark.triton_interpreter(bf16_dot=True)
+@pytest.mark.parametrize(
+    "dtype, cin", [(torch.bfloat16, c) for c in (8, 16, 24, 32, 40)] + [(torch.float16, 24)], ids=str
+)
+@torch.no_grad()
+def test_kernel_16_bit(dtype, cin, bf16_casts_round_to_nearest):
+    torch.manual_seed(0)
+    x, w = _kernel_inputs(cin, dtype)
+    assert conv3x3_no_bias_applies(x, w)
+    out = conv3x3_no_bias(x, w)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=CL)
+    want = F.conv2d(x.float(), w.float(), padding=1)
+    # the rounded definition but for float32 summation order (a value near a rounding tie may
+    # round apart)
+    assert (out == want.to(dtype)).float().mean() > 0.98
+    torch.testing.assert_close(out.float(), want, rtol=8e-3, atol=1e-3)
+
+
+@pytest.mark.triton_interpreter(bf16_dot=True)
+@torch.no_grad()
+def test_kernel_bf16_2d_tiles(bf16_casts_round_to_nearest):
+    torch.manual_seed(0)
+    x, w = _kernel_inputs(24, torch.bfloat16)
+    torch.testing.assert_close(
+        module._launch(x, w, TILES_2D).float(), F.conv2d(x.float(), w.float(), padding=1), rtol=8e-3, atol=1e-3
+    )
+
+
+@pytest.mark.triton_interpreter(bf16_dot=True)
+@torch.no_grad()
+def test_kernel_under_autocast(bf16_casts_round_to_nearest):
+    # float32 x and weight under (CPU) autocast: bf16 products and output, like F.conv2d
+    torch.manual_seed(0)
+    x, w = _kernel_inputs(24)
+    assert not conv3x3_no_bias_applies(x.bfloat16(), w)  # mixed dtypes: F.conv2d raises outside autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv3x3_no_bias_applies(x, w) and conv3x3_no_bias_applies(x.bfloat16(), w)
+        out = conv3x3_no_bias(x, w)
+        ref = F.conv2d(x, w, padding=1)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), F.conv2d(x.bfloat16().float(), w.bfloat16().float(), padding=1), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.triton_interpreter
+def test_int32_offsets_bound_the_image_size():
+    # H * W * max(Cin, Cout) < 2^31 (meta tensors: no memory)
+    big = torch.empty(1, 16, 2**14, 2**13, device="meta").contiguous(memory_format=CL)
+    w_meta = torch.empty(16, 16, 3, 3, device="meta")
     with torch.no_grad():
-        # float32, exact products ("ieee"): Cin 8 / 24 / 40 pad the channel chunks, 32 does not
-        torch.backends.cudnn.allow_tf32 = False
-        for cin in (8, 24, 32, 40):
-            x, w = inputs(cin)
-            assert conv3x3_no_bias_applies(x, w)
-            out = conv3x3_no_bias(x, w)
-            assert out.dtype == torch.float32 and out.shape == (2, 16, 5, 7) and out.is_contiguous(memory_format=CL)
-            assert torch.equal(out, m._launch(x, w))  # the kernel ran
-            torch.testing.assert_close(out, F.conv2d(x, w, padding=1), **exact)
-            for config in (ROWS, TILES_2D):
-                torch.testing.assert_close(m._launch(x, w, config), F.conv2d(x, w, padding=1), **exact)
-
-        # TF32 when cudnn.allow_tf32 (the interpreter multiplies in float32 anyway)
-        torch.backends.cudnn.allow_tf32 = True
-        assert m._precision(torch.float32) == "tf32"
-        x, w = inputs(24)
-        torch.testing.assert_close(conv3x3_no_bias(x, w), F.conv2d(x, w, padding=1), rtol=1e-2, atol=1e-2)
-        torch.backends.cudnn.allow_tf32 = False
-
-        # bf16 / fp16: 16-bit operands, float32 accumulation, one rounding. Cin 16 and 32 take
-        # the measured configs (BLOCK_M 256 row-major; 2-D tiles 16 wide)
-        for dtype, cin in [(torch.bfloat16, c) for c in (8, 16, 24, 32, 40)] + [(torch.float16, 24)]:
-            x, w = inputs(cin, dtype)
-            assert conv3x3_no_bias_applies(x, w)
-            out = conv3x3_no_bias(x, w)
-            assert out.dtype == dtype and out.is_contiguous(memory_format=CL)
-            want = F.conv2d(x.float(), w.float(), padding=1)
-            # the rounded definition but for float32 summation order (a value near a rounding
-            # tie may round apart)
-            assert (out == want.to(dtype)).float().mean() > 0.98
-            torch.testing.assert_close(out.float(), want, rtol=8e-3, atol=1e-3)
-        x, w = inputs(24, torch.bfloat16)
-        torch.testing.assert_close(m._launch(x, w, TILES_2D).float(), F.conv2d(x.float(), w.float(), padding=1), rtol=8e-3, atol=1e-3)
-
-        # float32 x and weight under (CPU) autocast: bf16 products and output, like F.conv2d
-        x, w = inputs(24)
-        assert not conv3x3_no_bias_applies(x.bfloat16(), w)  # mixed dtypes: F.conv2d raises outside autocast
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert conv3x3_no_bias_applies(x, w) and conv3x3_no_bias_applies(x.bfloat16(), w)
-            out = conv3x3_no_bias(x, w)
-            ref = F.conv2d(x, w, padding=1)
-        assert out.dtype == ref.dtype == torch.bfloat16
-        torch.testing.assert_close(out.float(), F.conv2d(x.bfloat16().float(), w.bfloat16().float(), padding=1), rtol=1e-2, atol=1e-2)
-        torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
-
-        # int32 offsets inside an image: H * W * max(Cin, Cout) < 2^31 (meta tensors: no memory)
-        big = torch.empty(1, 16, 2**14, 2**13, device="meta").contiguous(memory_format=CL)
-        w_meta = torch.empty(16, 16, 3, 3, device="meta")
         assert not conv3x3_no_bias_applies(big, w_meta)
         assert conv3x3_no_bias_applies(big[:, :, :, 1:].contiguous(memory_format=CL), w_meta)
 
-        # fallbacks, with the kernel available: exactly F.conv2d
-        x, w = inputs(24)
-        for xs, ws in ((x, inputs(24, cout=32)[1]), (x.contiguous(), w)):  # Cout 32; NCHW
+
+@pytest.mark.triton_interpreter
+def test_fallbacks_with_the_kernel_available():
+    # exactly F.conv2d
+    torch.manual_seed(0)
+    x, w = _kernel_inputs(24)
+    with torch.no_grad():
+        for xs, ws in ((x, _kernel_inputs(24, cout=32)[1]), (x.contiguous(), w)):  # Cout 32; NCHW
             assert not conv3x3_no_bias_applies(xs, ws)
             assert torch.equal(conv3x3_no_bias(xs, ws), F.conv2d(xs, ws, padding=1))
     w.requires_grad_()
     assert not conv3x3_no_bias_applies(x, w)  # autograd
     out = conv3x3_no_bias(x, w)
     assert out.grad_fn is not None and torch.equal(out, F.conv2d(x, w, padding=1))
-    print("ok")
-    """
-)
-
-
-def test_kernel_in_the_interpreter():
-    pytest.importorskip("triton", reason="Triton is not installed: the kernel cannot run here")
-    run_in_triton_interpreter(_CHECK)
 
 
 def _inputs(cin=24, cout=16, dtype=torch.float32):
@@ -149,8 +175,6 @@ def test_policy_falls_back_to_conv2d():
 
 
 def test_cpu_without_interpreter_falls_back():
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("the interpreter runs the kernel on CPU")
     x, w = _inputs()
     with torch.no_grad():
         assert not conv3x3_no_bias_applies(x, w)

@@ -1,63 +1,72 @@
 """sed_d2.ops.group_norm: the two GroupNorm kernels (statistics, then normalise + affine +
 ReLU, optionally of x + a shared addend) equal F.group_norm.
 
-The kernels run on CPU in Triton's interpreter (a subprocess with TRITON_INTERPRET=1, set
-before Triton is imported); the PyTorch reference is tested through sed_d2.layers.group_norm
-in tests/layers/test_norms.py.
+The kernels run on CPU in Triton's interpreter (the tests marked triton_interpreter:
+TRITON_INTERPRET=1, see tests/triton_interpreter_plugin.py); the PyTorch reference is tested
+through sed_d2.layers.group_norm in tests/layers/test_norms.py.
 """
-
-import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from sed_d2.layers import DoubleConv
+from sed_d2.ops import group_norm as module
 from sed_d2.ops.group_norm import fused_group_norm, fused_group_norm_applies, group_norm_reference
-from tests.helpers import run_in_triton_interpreter
 
-# Against float64 PyTorch: odd sizes, ragged tiles and chunks, non-power-of-two channels;
-# DoubleConv's no-grad path (the shared skip term as addend) against its autograd path.
-_CHECK = textwrap.dedent(
-    """
-    import torch, torch.nn.functional as F
-    from torch import nn
-    from sed_d2.layers import DoubleConv
-    from sed_d2.ops import group_norm as module
-    from sed_d2.ops.group_norm import fused_group_norm, fused_group_norm_applies
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+# Against float64 PyTorch: odd sizes, ragged tiles and chunks, non-power-of-two channels.
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize("n, c, g, h, w", [(2, 64, 4, 33, 35), (3, 16, 1, 40, 41)])  # several chunks, ragged last one
+def test_statistics_are_accurate_far_from_zero(n, c, g, h, w):
+    # float32 accuracy with |mean| >> std (no sum-of-squares cancellation)
     torch.manual_seed(0)
-    cl = lambda t: t.contiguous(memory_format=torch.channels_last)
+    x = _cl(torch.randn(n, c, h, w) * 2 + 50)
+    mean, var = module._statistics(x, g, None)
+    xd = x.double().contiguous().view(n, g, -1)
+    torch.testing.assert_close(mean.double(), xd.mean(-1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(var.double(), xd.var(-1, correction=0), rtol=1e-6, atol=0)
 
-    # ---- statistics: float32 accuracy with |mean| >> std (no sum-of-squares cancellation)
-    for n, c, g, h, w in [(2, 64, 4, 33, 35), (3, 16, 1, 40, 41)]:  # several chunks, ragged last one
-        x = cl(torch.randn(n, c, h, w) * 2 + 50)
-        mean, var = module._statistics(x, g, None)
-        xd = x.double().contiguous().view(n, g, -1)
-        torch.testing.assert_close(mean.double(), xd.mean(-1), rtol=1e-6, atol=0)
-        torch.testing.assert_close(var.double(), xd.var(-1, correction=0), rtol=1e-6, atol=0)
 
-    # ---- the op: groups 1 / 2 / 4, 48 channels (masked), N / B > 1
-    def reference(x, addend, norm, relu):
-        s = x if addend is None else (x.unflatten(0, (addend.shape[0], -1)) + addend.unsqueeze(1)).flatten(0, 1)
-        y = F.group_norm(s.double(), norm.num_groups, norm.weight.double(), norm.bias.double(), norm.eps)
-        return F.relu(y) if relu else y
-    for n, c, g, h, w, b in [(4, 32, 2, 7, 9, 2), (3, 16, 1, 5, 5, 1), (2, 64, 4, 17, 19, 1), (6, 48, 4, 4, 3, 3)]:
-        norm = nn.GroupNorm(g, c)
-        with torch.no_grad():
-            norm.weight.uniform_(0.5, 1.5)
-            norm.bias.uniform_(-0.5, 0.5)
-        x = cl(torch.randn(n, c, h, w) * 2 + 3)
-        shared = torch.randn(b, c, h, w)
-        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float16, 5e-3)):
-            xt, at = x.to(dtype), shared.to(dtype)
-            for addend in (None, at):
-                assert fused_group_norm_applies(xt, addend, norm.weight, norm.bias) is False  # params need grad
-                for relu in (False, True):
-                    with torch.no_grad():
-                        assert fused_group_norm_applies(xt, addend, norm.weight, norm.bias)
-                        out = fused_group_norm(xt, g, norm.weight, norm.bias, norm.eps, relu=relu, addend=addend)
-                    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
-                    torch.testing.assert_close(out.double(), reference(xt, addend, norm, relu), rtol=tol, atol=tol)
+def _reference(x, addend, norm, relu):
+    s = x if addend is None else (x.unflatten(0, (addend.shape[0], -1)) + addend.unsqueeze(1)).flatten(0, 1)
+    y = F.group_norm(s.double(), norm.num_groups, norm.weight.double(), norm.bias.double(), norm.eps)
+    return F.relu(y) if relu else y
+
+
+# groups 1 / 2 / 4, 48 channels (masked), N / B > 1
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize("n, c, g, h, w, b", [(4, 32, 2, 7, 9, 2), (3, 16, 1, 5, 5, 1), (2, 64, 4, 17, 19, 1), (6, 48, 4, 4, 3, 3)])
+def test_kernels_equal_group_norm(n, c, g, h, w, b):
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(g, c)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = _cl(torch.randn(n, c, h, w) * 2 + 3)
+    shared = torch.randn(b, c, h, w)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float16, 5e-3)):
+        xt, at = x.to(dtype), shared.to(dtype)
+        for addend in (None, at):
+            assert fused_group_norm_applies(xt, addend, norm.weight, norm.bias) is False  # params need grad
+            for relu in (False, True):
+                with torch.no_grad():
+                    assert fused_group_norm_applies(xt, addend, norm.weight, norm.bias)
+                    out = fused_group_norm(xt, g, norm.weight, norm.bias, norm.eps, relu=relu, addend=addend)
+                assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+                torch.testing.assert_close(out.double(), _reference(xt, addend, norm, relu), rtol=tol, atol=tol)
+
+
+@pytest.mark.triton_interpreter
+def test_kernels_without_affine_with_an_nchw_addend_of_another_dtype():
     # no affine; an NCHW addend (made channels-last inside) of another dtype (cast to x's)
-    x, shared = cl(torch.randn(4, 32, 5, 6)), torch.randn(2, 32, 5, 6).half()
+    torch.manual_seed(0)
+    x, shared = _cl(torch.randn(4, 32, 5, 6)), torch.randn(2, 32, 5, 6).half()
     assert fused_group_norm_applies(x, shared, None, None)
     out = fused_group_norm(x, 2, None, None, 1e-5, addend=shared)
     ref = F.group_norm((x.unflatten(0, (2, -1)) + shared.float().unsqueeze(1)).flatten(0, 1).double(), 2)
@@ -66,30 +75,28 @@ _CHECK = textwrap.dedent(
     xg = x.clone().requires_grad_()
     assert fused_group_norm(xg, 2, None, None, 1e-5, addend=shared.float()).grad_fn is not None
 
-    # ---- DoubleConv: the no-grad path (GroupNorm kernels, shared term as addend) equals the autograd path
+
+@pytest.mark.triton_interpreter
+def test_double_conv_no_grad_path_equals_its_autograd_path(monkeypatch):
+    # the no-grad path (GroupNorm kernels, shared term as addend) against the autograd path
     launches = []
     apply = module._gn_apply_kernel
+
     class Counting:
         def __getitem__(self, grid):
             launches.append(grid)
             return apply[grid]
-    module._gn_apply_kernel = Counting()
+
+    monkeypatch.setattr(module, "_gn_apply_kernel", Counting())
+    torch.manual_seed(0)
     block = DoubleConv(40, 32)
-    own, shared = cl(torch.randn(6, 32, 6, 5)), cl(torch.randn(2, 8, 6, 5))
+    own, shared = _cl(torch.randn(6, 32, 6, 5)), _cl(torch.randn(2, 8, 6, 5))
     ref = block(own, shared, shared_at=24)
     assert ref.grad_fn is not None and not launches
     with torch.no_grad():
         out = block(own, shared, shared_at=24)
     assert len(launches) == 2 and out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, ref.detach(), rtol=1e-5, atol=1e-5)
-    print("ok")
-    """
-)
-
-
-def test_kernels_in_the_interpreter():
-    pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run here")
-    run_in_triton_interpreter(_CHECK)
 
 
 def test_cpu_fallback_is_the_reference():

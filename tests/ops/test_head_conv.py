@@ -1,61 +1,61 @@
 """sed_d2.ops.head_conv: the single-output ("logit head") convolution kernel equals F.conv2d.
 
-The kernel runs on CPU in Triton's interpreter (a subprocess with TRITON_INTERPRET=1, set
-before Triton is imported); without it the CPU path is the reference.
+The kernel runs on CPU in Triton's interpreter (the tests marked triton_interpreter:
+TRITON_INTERPRET=1, see tests/triton_interpreter_plugin.py); without it the CPU path is the
+reference.
 """
-
-import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from sed_d2.ops.head_conv import single_output_conv2d, single_output_conv2d_applies
-from tests.helpers import run_in_triton_interpreter
+
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _f64(t):
+    return None if t is None else t.double()
+
 
 # Against float64 PyTorch: kernel sizes 1 / 3 / 5, one and two channel blocks (70 > 64),
 # ragged row and column tiles, float32 / bf16 / autocast.
-_CHECK = textwrap.dedent(
-    """
-    import torch, torch.nn.functional as F
-    from sed_d2.ops.head_conv import single_output_conv2d, single_output_conv2d_applies
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize(
+    "n, c, h, w, k, with_bias", [(3, 16, 7, 9, 3, True), (2, 70, 5, 6, 3, False), (1, 24, 3, 4, 5, True), (2, 8, 6, 5, 1, True)]
+)
+def test_kernel_equals_conv2d(n, c, h, w, k, with_bias):
     torch.manual_seed(0)
-    cl = lambda t: t.contiguous(memory_format=torch.channels_last)
-    cases = [(3, 16, 7, 9, 3, True), (2, 70, 5, 6, 3, False), (1, 24, 3, 4, 5, True), (2, 8, 6, 5, 1, True)]
-    for n, c, h, w, k, with_bias in cases:
-        x = cl(torch.randn(n, c, h, w))
-        weight = torch.randn(1, c, k, k)
-        bias = torch.randn(1) if with_bias else None
-        assert single_output_conv2d_applies(x, weight, bias)
-        f64 = lambda t: None if t is None else t.double()
-        out = single_output_conv2d(x, weight, bias)
-        ref = F.conv2d(x.double(), weight.double(), f64(bias), padding=k // 2)
-        assert out.dtype == torch.float32 and out.shape == (n, 1, h, w) and out.is_contiguous()
-        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-        # bf16: float32 accumulation over the bf16 input, one rounding of the output
-        xb = x.bfloat16()
-        out = single_output_conv2d(xb, weight, bias)
-        assert out.dtype == torch.bfloat16
-        ref16 = F.conv2d(xb.double(), weight.double(), f64(bias), padding=k // 2)
-        torch.testing.assert_close(out.double(), ref16, rtol=1e-2, atol=1e-2)
-        # autocast: the dtype F.conv2d returns there (bf16), from the float32 input
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out, plain = single_output_conv2d(x, weight, bias), F.conv2d(x, weight, bias, padding=k // 2)
-        assert out.dtype == plain.dtype == torch.bfloat16
-        torch.testing.assert_close(out.double(), ref, rtol=1e-2, atol=1e-2)
-    # autograd: the reference, differentiable
-    x = cl(torch.randn(2, 16, 4, 5)).requires_grad_()
+    x = _cl(torch.randn(n, c, h, w))
+    weight = torch.randn(1, c, k, k)
+    bias = torch.randn(1) if with_bias else None
+    assert single_output_conv2d_applies(x, weight, bias)
+    out = single_output_conv2d(x, weight, bias)
+    ref = F.conv2d(x.double(), weight.double(), _f64(bias), padding=k // 2)
+    assert out.dtype == torch.float32 and out.shape == (n, 1, h, w) and out.is_contiguous()
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    # bf16: float32 accumulation over the bf16 input, one rounding of the output
+    xb = x.bfloat16()
+    out = single_output_conv2d(xb, weight, bias)
+    assert out.dtype == torch.bfloat16
+    ref16 = F.conv2d(xb.double(), weight.double(), _f64(bias), padding=k // 2)
+    torch.testing.assert_close(out.double(), ref16, rtol=1e-2, atol=1e-2)
+    # autocast: the dtype F.conv2d returns there (bf16), from the float32 input
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, plain = single_output_conv2d(x, weight, bias), F.conv2d(x, weight, bias, padding=k // 2)
+    assert out.dtype == plain.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), ref, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.triton_interpreter
+def test_kernel_leaves_autograd_to_the_reference():
+    torch.manual_seed(0)
+    x = _cl(torch.randn(2, 16, 4, 5)).requires_grad_()
     weight = torch.randn(1, 16, 3, 3)
     assert not single_output_conv2d_applies(x, weight, None)
     assert single_output_conv2d(x, weight, None).grad_fn is not None
-    print("ok")
-    """
-)
-
-
-def test_kernel_in_the_interpreter():
-    pytest.importorskip("triton", reason="Triton is not installed: the kernel cannot run here")
-    run_in_triton_interpreter(_CHECK)
 
 
 def test_cpu_fallback_is_f_conv2d():

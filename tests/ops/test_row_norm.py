@@ -1,11 +1,10 @@
 """sed_d2.ops.row_norm: LayerNorm without affine in one pass (kernel and reference, values and
 gradients), and the folding of a LayerNorm's affine part into the next linear layer.
 
-The kernel runs on CPU in Triton's interpreter (a subprocess with TRITON_INTERPRET=1, set
-before Triton is imported); without it the CPU path is the reference.
+The kernel runs on CPU in Triton's interpreter (the tests marked triton_interpreter:
+TRITON_INTERPRET=1, see tests/triton_interpreter_plugin.py); without it the CPU path is the
+reference.
 """
-
-import textwrap
 
 import pytest
 import torch
@@ -13,12 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from sed_d2.ops.row_norm import fold_layer_norm_into_linear, normalize_rows, normalize_rows_applies
-from tests.helpers import run_in_triton_interpreter
 
-_CHECK = textwrap.dedent(
-    """
-    import torch, torch.nn.functional as F
-    from sed_d2.ops.row_norm import normalize_rows, normalize_rows_applies
+
+@pytest.mark.triton_interpreter
+def test_kernel_equals_layer_norm_values_and_gradients():
     torch.manual_seed(0)
     x = (torch.randn(3, 5, 32) * 3 + 1).requires_grad_()
     assert normalize_rows_applies(x)
@@ -32,18 +29,15 @@ _CHECK = textwrap.dedent(
         plain = normalize_rows(x, 1e-5)
     assert plain.grad_fn is None
     torch.testing.assert_close(plain, ref.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.triton_interpreter
+def test_kernel_refuses_one_channel_views_and_float64():
     # not covered: one channel, a non-contiguous view, float64 -> the reference
-    for y in (torch.randn(4, 1), x.detach().transpose(0, 1), x.detach().double()):
+    x = torch.randn(3, 5, 32)
+    for y in (torch.randn(4, 1), x.transpose(0, 1), x.double()):
         assert not normalize_rows_applies(y)
         assert normalize_rows(y, 1e-5).grad_fn is None
-    print("ok")
-    """
-)
-
-
-def test_kernel_in_the_interpreter():
-    pytest.importorskip("triton", reason="Triton is not installed: the kernel cannot run here")
-    run_in_triton_interpreter(_CHECK)
 
 
 def test_reference_equals_layer_norm_without_affine():

@@ -1,99 +1,100 @@
 """sed_d2.ops.runtime: the one switch over every fast path (``set_enabled`` and the
 ``SED_D2_FAST_OPS`` environment variable), availability and the dtype rules.
 
-The switch is tested where the kernels would otherwise run: in Triton's interpreter (a
-subprocess with TRITON_INTERPRET=1), with every kernel launcher replaced by one that raises,
-a SED decoder's inference (all of its fast paths) must not launch anything while the switch
-is off, must equal the same decoder's output in this process (plain PyTorch), and must
-launch once the switch is on.
+The switch is tested where the kernels would otherwise run: in Triton's interpreter (marked
+triton_interpreter: TRITON_INTERPRET=1, see tests/triton_interpreter_plugin.py), with every
+kernel launcher replaced by one that raises, a SED decoder's inference (all of its fast paths)
+must not launch anything while the switch is off, must equal the same decoder's output as a
+process without the interpreter computes it (plain PyTorch), and must launch once the switch is
+on.
 """
 
-import textwrap
+import os
+import types
 
 import pytest
 import torch
 
 from sed_d2 import ops
-from sed_d2.ops import runtime
-from tests.helpers import run_in_triton_interpreter
-
-_DECODER = textwrap.dedent(
-    """
-    import torch
-    from sed_d2.models import SEDDecoder
-
-    def decoder_logits():
-        torch.manual_seed(0)
-        decoder = SEDDecoder(text_channels=4, skip_channels=(12, 10, 8)).eval()
-        generator = torch.Generator().manual_seed(1)
-        image = torch.randn(1, 16, 2, 2, generator=generator)
-        text = torch.randn(3, 4, 16, generator=generator)
-        skips = {
-            name: torch.randn(1, channels, 2 * 2 ** (i + 1), 2 * 2 ** (i + 1), generator=generator)
-            for i, (name, channels) in enumerate(zip(("res4", "res3", "res2"), (12, 10, 8)))
-        }
-        with torch.no_grad():
-            return decoder(image, text, skips).logits
-    """
+from sed_d2.models import SEDDecoder
+from sed_d2.ops import (
+    class_linear_attention,
+    conv3x3,
+    conv_transpose,
+    depthwise_conv,
+    group_norm,
+    head_conv,
+    layer_norm_mlp,
+    row_norm,
+    runtime,
 )
 
-_CHECK = _DECODER + textwrap.dedent(
-    """
-    import os
-    import types
-    from sed_d2 import ops
-    from sed_d2.ops import (
-        class_linear_attention, conv3x3, conv_transpose, depthwise_conv, group_norm, head_conv, layer_norm_mlp,
-        row_norm,
-    )
+# Every kernel launcher of the decoder's fast paths.
+_LAUNCHERS = [
+    (class_linear_attention, "_launch"), (conv3x3, "_launch"), (conv_transpose, "_launch"),
+    (depthwise_conv, "_depthwise_forward"), (group_norm, "_statistics"),
+    (head_conv, "_single_output_conv_forward"), (layer_norm_mlp, "_launch"), (row_norm, "_normalize_forward"),
+]
 
-    torch.set_num_threads(1)
+
+def _decoder_logits():
+    torch.manual_seed(0)
+    decoder = SEDDecoder(text_channels=4, skip_channels=(12, 10, 8)).eval()
+    generator = torch.Generator().manual_seed(1)
+    image = torch.randn(1, 16, 2, 2, generator=generator)
+    text = torch.randn(3, 4, 16, generator=generator)
+    skips = {
+        name: torch.randn(1, channels, 2 * 2 ** (i + 1), 2 * 2 ** (i + 1), generator=generator)
+        for i, (name, channels) in enumerate(zip(("res4", "res3", "res2"), (12, 10, 8)))
+    }
+    with torch.no_grad():
+        return decoder(image, text, skips).logits
+
+
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize(
+    "environment",
+    [
+        pytest.param("1", id="set_enabled"),
+        pytest.param("0", id="environment", marks=pytest.mark.triton_interpreter(env={"SED_D2_FAST_OPS": "0"})),
+    ],
+)
+def test_switched_off_layers_never_launch_a_kernel(environment, monkeypatch, restore_switch):
     launched = []
+
     def refusing(name):
         def launcher(*args, **kwargs):
             launched.append(name)
             raise RuntimeError("kernel launched")
-        return launcher
-    for module, name in [
-        (class_linear_attention, "_launch"), (conv3x3, "_launch"), (conv_transpose, "_launch"),
-        (depthwise_conv, "_depthwise_forward"), (group_norm, "_statistics"),
-        (head_conv, "_single_output_conv_forward"), (layer_norm_mlp, "_launch"), (row_norm, "_normalize_forward"),
-    ]:
-        assert isinstance(module, types.ModuleType) and callable(getattr(module, name))
-        setattr(module, name, refusing(f"{module.__name__}.{name}"))
 
-    environment_off = os.environ["SED_D2_FAST_OPS"] == "0"
+        return launcher
+
+    for module, name in _LAUNCHERS:
+        assert isinstance(module, types.ModuleType) and callable(getattr(module, name))
+        monkeypatch.setattr(module, name, refusing(f"{module.__name__}.{name}"))
+
+    environment_off = os.environ.get("SED_D2_FAST_OPS", "1") == "0"
+    assert environment_off == (environment == "0")
     if not environment_off:
         ops.set_enabled(False)
     assert not ops.enabled() and not ops.available(torch.zeros(1))
-    logits = decoder_logits()  # every op on its PyTorch reference
+    logits = _decoder_logits()  # every op on its PyTorch reference
     assert not launched, launched
-    torch.save(logits, os.environ["LOGITS_PATH"])
+    with monkeypatch.context() as outside:  # as a process without the interpreter computes it
+        outside.setattr(runtime, "_INTERPRET", False)
+        outside.setattr(runtime, "_ALLOWED_BY_ENVIRONMENT", True)
+        ops.set_enabled(True)
+        assert not ops.available(torch.zeros(1))
+        assert torch.equal(logits, _decoder_logits())
 
     ops.set_enabled(True)
     assert ops.enabled() == ops.available(torch.zeros(1)) == (not environment_off)
     try:
-        decoder_logits()
+        _decoder_logits()
     except RuntimeError as error:
         assert str(error) == "kernel launched" and launched and not environment_off
     else:
         assert environment_off and not launched  # the environment's veto holds over set_enabled
-    print("ok")
-    """
-)
-
-
-def _plain_logits():
-    exec(_DECODER, namespace := {})
-    return namespace["decoder_logits"]()
-
-
-@pytest.mark.parametrize("environment", ["1", "0"], ids=["set_enabled", "environment"])
-def test_switched_off_layers_never_launch_a_kernel(tmp_path, environment):
-    pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run here")
-    path = tmp_path / "logits.pt"
-    run_in_triton_interpreter(_CHECK, SED_D2_FAST_OPS=environment, LOGITS_PATH=str(path))
-    assert torch.equal(torch.load(path), _plain_logits())
 
 
 @pytest.fixture()
@@ -111,8 +112,6 @@ def test_set_enabled_toggles_the_switch(restore_switch):
 
 
 def test_cpu_tensors_take_no_kernel_outside_the_interpreter(restore_switch):
-    if runtime._INTERPRET:
-        pytest.skip("the interpreter runs the kernels on CPU")
     ops.set_enabled(True)
     assert ops.available(torch.zeros(1)) is False
 

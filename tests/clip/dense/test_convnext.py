@@ -1,5 +1,3 @@
-import textwrap
-
 import open_clip
 import pytest
 import torch
@@ -7,11 +5,11 @@ from open_clip.transformer import VisionTransformer
 from timm.layers import DropPath
 from torch import nn
 
-from sed_d2.clip import convnext_dense_features, convnext_fast_path_applies
+from sed_d2.clip import build_clip_model, convnext_dense_features, convnext_fast_path_applies
 from sed_d2.clip.dense import convnext as dense_module
 from sed_d2.clip.dense import convnext_dense_feature_channels, convnext_dense_feature_strides
-from tests.helpers import run_in_triton_interpreter, tiny_clip
-
+from sed_d2.ops import depthwise_conv, row_norm
+from tests.helpers import tiny_clip
 
 TINY_CHANNELS = {
     "sed_d2_tiny_convnext": {"res2": 24, "res3": 32, "res4": 48, "res5": 64, "clip_vis_dense": 64},
@@ -211,15 +209,16 @@ def test_fast_path_keeps_bf16_under_autocast():
         assert error < 0.02, (name, error)
 
 
-_INTERPRETER_CHECK = textwrap.dedent(
-    """
-    import torch
-    from sed_d2.clip import build_clip_model, convnext_dense_features
-    from sed_d2.ops import depthwise_conv, row_norm
+@pytest.mark.triton_interpreter
+def test_fast_path_with_the_triton_kernels(monkeypatch):
+    # On CUDA the fast path runs the Triton kernels; on CPU they run in Triton's interpreter
+    # (marked triton_interpreter: TRITON_INTERPRET=1, see tests/triton_interpreter_plugin.py),
+    # as in tests/ops/test_depthwise_conv.py. Forward only: the kernels' backward is tested
+    # there, and here it would take ~5 s.
     used = set()
     for module, name in ((depthwise_conv, "_depthwise_forward"), (row_norm, "_normalize_forward")):  # the kernel launchers
         launcher = getattr(module, name)
-        setattr(module, name, lambda *args, _launch=launcher, _name=name: used.add(_name) or _launch(*args))
+        monkeypatch.setattr(module, name, lambda *args, _launch=launcher, _name=name: used.add(_name) or _launch(*args))
     torch.manual_seed(0)
     visual = build_clip_model("sed_d2_tiny_convnext").visual.train()
     with torch.no_grad():
@@ -233,14 +232,3 @@ _INTERPRETER_CHECK = textwrap.dedent(
         stock = convnext_dense_features(visual, images, fast=False)
     for name, value in stock.items():
         torch.testing.assert_close(fast[name], value, rtol=1e-4, atol=1e-4)
-    print("ok")
-    """
-)
-
-
-def test_fast_path_with_the_triton_kernels_in_the_interpreter():
-    # On CUDA the fast path runs the Triton kernels; on CPU they run in Triton's
-    # interpreter (set before Triton is imported), as in tests/ops/test_depthwise_conv.py.
-    # Forward only: the kernels' backward is tested there, and here it would take ~5 s.
-    pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run here")
-    run_in_triton_interpreter(_INTERPRETER_CHECK)
