@@ -99,6 +99,30 @@ def build_tiny_model(config_file: str, *extra: str, seed: int = 0):
     return build_model(tiny_cfg_for(config_file, *extra))
 
 
+def build_paper_config_on_meta(config_file: str, monkeypatch) -> tuple:
+    """The detectron2 model of a real-size ViT ``config_file`` built on the meta device (no
+    memory, no download: ``build_vit_clip``'s CLIP comes from open_clip on the meta device),
+    its config, and the ``(model name, pretrained tag)`` pairs it asked the CLIP builder for."""
+    import open_clip
+    import torch
+    from detectron2.modeling import build_model
+
+    import sed_d2  # noqa: F401  (registers the meta-architectures)
+    from sed_d2.config import get_cfg
+
+    requested = []
+
+    def clip_on_meta(name, pretrained, **kwargs):
+        requested.append((name, pretrained))
+        return open_clip.create_model(name, device="meta")
+
+    monkeypatch.setattr("sed_d2.meta_arch.base.build_clip_model", clip_on_meta)  # build_vit_clip's
+    cfg = get_cfg(os.path.join(ROOT, config_file), ["MODEL.DEVICE", "meta"])
+    with torch.device("meta"):
+        model = build_model(cfg)
+    return model, cfg, requested
+
+
 def detectron2_inputs(sizes, with_labels: bool = False, num_classes: int = 8, seed: int = 0) -> list:
     """detectron2 dicts of random uint8 images of ``sizes`` ((h, w) each) with "height"/"width";
     ``with_labels``: also random "sem_seg" labels in ``[0, num_classes)``, a few ignored (255)."""

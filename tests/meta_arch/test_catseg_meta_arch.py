@@ -13,7 +13,7 @@ from torch import nn
 
 from tests.checkpoint.test_catseg import _to_official
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import ROOT, build_tiny_model, detectron2_inputs, tiny_cfg_for
+from tests.d2_helpers import ROOT, build_paper_config_on_meta, build_tiny_model, detectron2_inputs, tiny_cfg_for
 
 pytestmark = requires_detectron2
 
@@ -47,24 +47,10 @@ def test_paper_configs_build_the_official_network(
     """Each paper config, at its real size (on the meta device), is the network of the
     official checkpoint: every official key converts onto one of its parameters, with the
     same shape, and no parameter is left over."""
-    import open_clip
-    from detectron2.modeling import build_model
-
-    import sed_d2  # noqa: F401
     from sed_d2.checkpoint import convert_official
-    from sed_d2.config import get_cfg
     from sed_d2.meta_arch import SlidingWindow
 
-    built = []
-
-    def clip_on_meta(name, pretrained, **kwargs):
-        built.append((name, pretrained))
-        return open_clip.create_model(name, device="meta")
-
-    monkeypatch.setattr("sed_d2.meta_arch.base.build_clip_model", clip_on_meta)  # build_vit_clip's
-    cfg = get_cfg(os.path.join(ROOT, config_file), ["MODEL.DEVICE", "meta"])
-    with torch.device("meta"):
-        model = build_model(cfg)
+    model, cfg, built = build_paper_config_on_meta(config_file, monkeypatch)
     assert built == [(clip_model, "openai")]
     with open(os.path.join(FIXTURES, fixture)) as f:
         official = {key: torch.empty(shape, device="meta") for key, shape in json.load(f).items()}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import ROOT, build_tiny_model, tiny_opts_for
+from tests.d2_helpers import ROOT, build_paper_config_on_meta, build_tiny_model, tiny_opts_for
 
 pytestmark = requires_detectron2
 
@@ -79,22 +79,9 @@ def test_paper_configs_have_table_ii_parameter_counts(
 ):
     """Built at real size on the meta device; learnable = the new modules + the q and v rows of
     every fused attention projection of both CLIP towers (the k rows never train)."""
-    import open_clip
-    from detectron2.modeling import build_model
-
-    import sed_d2  # noqa: F401
-    from sed_d2.config import get_cfg
     from sed_d2.meta_arch import SlidingWindow
 
-    built = []
-
-    def clip_on_meta(name, pretrained, **kwargs):
-        built.append((name, pretrained))
-        return open_clip.create_model(name, device="meta")
-
-    monkeypatch.setattr("sed_d2.meta_arch.base.build_clip_model", clip_on_meta)  # build_vit_clip's
-    with torch.device("meta"):
-        model = build_model(get_cfg(os.path.join(ROOT, config_file), ["MODEL.DEVICE", "meta"]))
+    model, cfg, built = build_paper_config_on_meta(config_file, monkeypatch)
     assert built == [(clip_model, "openai")]
     groups = model.parameter_groups
     trained = 0

@@ -11,7 +11,7 @@ import torch
 
 from tests.checkpoint.test_fgaseg import _to_official
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import ROOT, build_tiny_model, detectron2_inputs
+from tests.d2_helpers import ROOT, build_paper_config_on_meta, build_tiny_model, detectron2_inputs
 
 pytestmark = requires_detectron2
 
@@ -37,24 +37,10 @@ def test_paper_configs_build_the_official_network(config_file, fixture, clip_mod
     """Each paper config at its real size (meta device) is the network of the official
     checkpoint (fixture written by the official code): every key converts onto one of its
     tensors with the same shape, none is left over."""
-    import open_clip
-    from detectron2.modeling import build_model
-
-    import sed_d2  # noqa: F401
     from sed_d2.checkpoint import convert_official
-    from sed_d2.config import get_cfg
     from sed_d2.meta_arch import SlidingWindow
 
-    built = []
-
-    def clip_on_meta(name, pretrained, **kwargs):
-        built.append((name, pretrained))
-        return open_clip.create_model(name, device="meta")
-
-    monkeypatch.setattr("sed_d2.meta_arch.base.build_clip_model", clip_on_meta)  # build_vit_clip's
-    cfg = get_cfg(os.path.join(ROOT, config_file), ["MODEL.DEVICE", "meta"])
-    with torch.device("meta"):
-        model = build_model(cfg)
+    model, cfg, built = build_paper_config_on_meta(config_file, monkeypatch)
     assert type(model).__name__ == "FGASeg" and built == [(clip_model, "openai")]
     with open(os.path.join(FIXTURES, f"official_fgaseg_{fixture}_keys_shapes.json")) as f:
         official = {key: torch.empty(shape, device="meta") for key, shape in json.load(f).items()}

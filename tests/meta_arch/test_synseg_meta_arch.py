@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import requires_detectron2
-from tests.d2_helpers import ROOT, build_tiny_model
+from tests.d2_helpers import ROOT, build_paper_config_on_meta, build_tiny_model
 
 pytestmark = requires_detectron2
 
@@ -29,23 +29,9 @@ def _images(n, size=(64, 64), seed=0):
 
 
 def test_paper_config_builds_the_151M_network_with_the_papers_protocol(monkeypatch):
-    import open_clip
-    from detectron2.modeling import build_model
-
-    import sed_d2  # noqa: F401
-    from sed_d2.config import get_cfg
     from sed_d2.meta_arch import SlidingWindow
 
-    built = []
-
-    def clip_on_meta(name, pretrained, **kwargs):
-        built.append((name, pretrained))
-        return open_clip.create_model(name, device="meta")
-
-    monkeypatch.setattr("sed_d2.meta_arch.base.build_clip_model", clip_on_meta)  # build_vit_clip's
-    cfg = get_cfg(os.path.join(ROOT, "configs/synseg/vitb_224.yaml"), ["MODEL.DEVICE", "meta"])
-    with torch.device("meta"):
-        model = build_model(cfg)
+    model, cfg, built = build_paper_config_on_meta("configs/synseg/vitb_224.yaml", monkeypatch)
     assert built == [("ViT-B-16-quickgelu", "openai")]  # OpenAI weights with their QuickGELU
     assert sum(p.numel() for p in model.parameters()) == 150_727_170  # Table I: "151M"
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 1_106_433
